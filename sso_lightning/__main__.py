@@ -1,0 +1,68 @@
+"""``python -m sso_lightning [overrides]``: one SSO run (or a Hydra multirun with -m)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+from sso_lightning.errors import ConfigError
+
+
+def config_dir() -> str:
+    """conf/ as installed (package sso_lightning.conf), or beside the package in a bare clone."""
+    spec = importlib.util.find_spec("sso_lightning.conf")
+    if spec is not None and spec.submodule_search_locations:
+        return str(Path(list(spec.submodule_search_locations)[0]).resolve())
+    return str(Path(__file__).resolve().parent.parent / "conf")
+
+
+CONFIG_DIR = config_dir()
+
+
+def check_group_overrides(args: list[str]) -> None:
+    """One clear line for ``group=name`` when conf/<group>/<name>.yaml does not exist
+    (Hydra's own message spans many lines)."""
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports malformed overrides itself
+        return
+    for override in parsed:
+        group = Path(CONFIG_DIR) / override.key_or_group
+        if override.is_delete() or not group.is_dir() or override.package is not None:
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        valid = sorted(p.stem for p in group.glob("*.yaml"))
+        for value in values:
+            if isinstance(value, str) and value not in valid:
+                raise ConfigError(f"{override.key_or_group}={value}: no such config (valid: {', '.join(valid)})")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def hydra_main(cfg: DictConfig) -> None:
+    from sso_lightning.train import run
+
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

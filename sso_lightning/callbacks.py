@@ -1,0 +1,199 @@
+"""Callbacks: regenerate the steered data before every epoch (one epoch = one SSO
+iteration), measure the plain policy's quality, and time training.
+
+Epoch-level metrics go straight to the loggers with an explicit ``epoch``: row k of
+the summary is the state at the start of iteration k (its data, and the policy's
+quality before its updates) plus what happened during it; the last row k = epochs
+holds the final policy's quality.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+from sso_lightning.data.filtering import DROP_REASONS, drop_degenerate
+from sso_lightning.data.principles import PrincipleLibrary
+from sso_lightning.data.snapshot import SteeredExample, write_snapshot
+from sso_lightning.data.steering import steer, render_prompt
+from sso_lightning.errors import ConfigError
+from sso_lightning.generation import Sampling, generate
+from sso_lightning.judges import Judge, pair_accuracy
+from sso_lightning.scoring import score_sequences
+
+PLAIN_KEYS = ("x|y+", "x|y-")
+REFERENCES = ("iteration", "initial")
+
+
+def log_epoch_metrics(trainer: L.Trainer, metrics: dict[str, float], epoch: int) -> None:
+    for logger in trainer.loggers:
+        logger.log_metrics({**metrics, "epoch": epoch}, step=trainer.global_step)
+
+
+def progress(trainer: L.Trainer, total: int, description: str) -> Tqdm:
+    """A bar in Lightning's own style, shown when the trainer shows its progress bar."""
+    return Tqdm(total=total, desc=description, disable=trainer.progress_bar_callback is None, leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+class Regeneration(L.Callback):
+    """Before each epoch the current policy samples y+ | x+, y- | x- and yo | x for the
+    training prompts; degenerate examples are dropped, the rest judged, given reference
+    log-probs and written to ``<snapshot_dir>/epoch_<k>.jsonl``. Given
+    ``offline_examples`` (read from a file), every epoch trains on those instead, with
+    reference log-probs from the initial policy."""
+
+    def __init__(
+        self, queries: Sequence[str], principles: PrincipleLibrary, judge: Judge, sampling: Sampling,
+        keys: Sequence[str], snapshot_dir: str | Path, reference: str = "iteration",
+        offline_examples: list[SteeredExample] | None = None, score_batch_size: int = 64,
+    ):
+        if reference not in REFERENCES:
+            raise ConfigError(f"data.reference={reference} is not valid (valid: {', '.join(REFERENCES)})")
+        self.queries, self.principles, self.judge, self.sampling = list(queries), principles, judge, sampling
+        self.keys, self.snapshot_dir, self.reference = tuple(keys), Path(snapshot_dir), reference
+        self.offline_examples, self.score_batch_size = offline_examples, score_batch_size
+        self.initial_policy = None
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.offline_examples is not None:
+            self.prepare(trainer, pl_module, self.offline_examples, epoch=0, extra={})
+            return
+        if self.reference == "initial":
+            self.initial_policy = copy.deepcopy(pl_module.policy).cpu()
+        self.regenerate(trainer, pl_module, epoch=0)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.offline_examples is None and trainer.current_epoch + 1 < trainer.max_epochs:
+            self.regenerate(trainer, pl_module, epoch=trainer.current_epoch + 1)
+
+    def regenerate(self, trainer, pl_module, epoch: int) -> None:
+        policy, tokenizer = pl_module.policy, pl_module.tokenizer
+        prompts = [steer(tokenizer, q, p) for q, p in zip(self.queries, self.principles.for_queries(self.queries))]
+        requests = [(p, key) for p in prompts for key in ("x+", "x-", "x")]
+        bar = progress(trainer, len(requests), f"Generating epoch {epoch}")
+        start = time.perf_counter()
+        responses = generate(policy, tokenizer, [p.ids[k] for p, k in requests], self.sampling, on_batch=bar.update)
+        seconds = time.perf_counter() - start
+        bar.close()
+        examples = [
+            SteeredExample(prompt=p, responses={"y+": responses[3 * i], "y-": responses[3 * i + 1], "yo": responses[3 * i + 2]})
+            for i, p in enumerate(prompts)
+        ]
+        kept, dropped = drop_degenerate(examples, tokenizer.eos_token_id)
+        if not kept:
+            raise ConfigError(
+                f"epoch {epoch}: all {len(examples)} generated examples were degenerate ({dict(dropped)}); "
+                "raise generation.temperature or generation.max_new_tokens"
+            )
+        finished = [r.finished for r in responses]
+        extra = {
+            "data/kept_fraction": len(kept) / len(examples),
+            "data/gen_tokens_per_s": sum(len(r.ids) for r in responses) / seconds,
+            "data/unfinished_fraction": 1 - sum(finished) / len(finished),
+            **{f"data/dropped_{reason}": float(dropped[reason]) for reason in DROP_REASONS},
+        }
+        self.prepare(trainer, pl_module, kept, epoch, extra)
+
+    def prepare(self, trainer, pl_module, examples: list[SteeredExample], epoch: int, extra: dict) -> None:
+        """Judge, attach reference log-probs, write the snapshot, hand it to the DataModule."""
+        for key in ("y+", "y-", "yo"):
+            if any(key not in ex.scores for ex in examples) and all(key in ex.responses for ex in examples):
+                scores = self.judge.score([ex.prompt.query for ex in examples], [ex.responses[key] for ex in examples])
+                for ex, s in zip(examples, scores):
+                    ex.scores[key] = s
+        policy, pad = pl_module.policy, pl_module.tokenizer.pad_token_id
+        keys = tuple(dict.fromkeys(self.keys + PLAIN_KEYS))
+        on_policy = score_sequences(policy, examples, keys, pad, self.score_batch_size)
+        reference = on_policy
+        if self.initial_policy is not None:
+            device = next(policy.parameters()).device
+            reference = score_sequences(self.initial_policy.to(device), examples, keys, pad, self.score_batch_size)
+            self.initial_policy.cpu()
+        for i, ex in enumerate(examples):
+            ex.ref_logps = {k: float(reference[k][0][i]) for k in keys}
+        write_snapshot(self.snapshot_dir / f"epoch_{epoch}.jsonl", examples)
+        trainer.datamodule.set_examples(examples)
+
+        def mean_prob(key):
+            sums, lengths = on_policy[key]
+            return float(torch.exp(sums / lengths.clamp(min=1)).mean())
+
+        metrics = {
+            **extra,
+            "data/num_examples": float(len(examples)),
+            "data/onpolicy_prob_chosen": mean_prob("x|y+"),
+            "data/onpolicy_prob_rejected": mean_prob("x|y-"),
+        }
+        if all({"y+", "y-"} <= set(ex.scores) for ex in examples):
+            metrics["data/pair_accuracy"] = pair_accuracy([ex.scores["y+"] for ex in examples],
+                                                          [ex.scores["y-"] for ex in examples])
+            for key, name in (("y+", "chosen"), ("y-", "rejected"), ("yo", "raw")):
+                if all(key in ex.scores for ex in examples):
+                    metrics[f"data/quality_{name}"] = sum(ex.scores[key] for ex in examples) / len(examples)
+        log_epoch_metrics(trainer, metrics, epoch)
+
+
+class PolicyQuality(L.Callback):
+    """``eval/quality``: the judge's mean score of the plain policy's own answers on
+    held-out prompts, before the first update and after every epoch."""
+
+    def __init__(self, queries: Sequence[str], judge: Judge, sampling: Sampling):
+        self.queries, self.judge, self.sampling = list(queries), judge, sampling
+
+    def on_train_start(self, trainer, pl_module):
+        self.evaluate(trainer, pl_module, epoch=0)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.evaluate(trainer, pl_module, epoch=trainer.current_epoch + 1)
+
+    def evaluate(self, trainer, pl_module, epoch: int) -> None:
+        if not self.queries:
+            return
+        tokenizer = pl_module.tokenizer
+        bar = progress(trainer, len(self.queries), f"Evaluating after {epoch} epoch(s)")
+        prompts = [render_prompt(tokenizer, q) for q in self.queries]
+        responses = generate(pl_module.policy, tokenizer, prompts, self.sampling, on_batch=bar.update)
+        bar.close()
+        scores = self.judge.score(self.queries, responses)
+        log_epoch_metrics(trainer, {"eval/quality": sum(scores) / len(scores)}, epoch)
+
+
+class TrainThroughput(L.Callback):
+    """``perf/train_tokens_per_s`` (non-padding tokens through forward+backward+step per
+    second of training steps) and ``perf/peak_mem_mb`` (GPU peak, or process RSS peak on CPU)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.tokens, self.seconds = 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.sync(pl_module)
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.sync(pl_module)
+        self.seconds += time.perf_counter() - self.start
+        self.tokens += int(batch["attention_mask"].sum())
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        metrics = {"perf/peak_mem_mb": peak}
+        if self.seconds > 0:
+            metrics["perf/train_tokens_per_s"] = self.tokens / self.seconds
+        log_epoch_metrics(trainer, metrics, trainer.current_epoch)
+
+    @staticmethod
+    def sync(pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)

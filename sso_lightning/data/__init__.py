@@ -1,0 +1,1 @@
+"""Prompts, principles, steered prompts, snapshots and the DataModule."""

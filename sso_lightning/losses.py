@@ -1,0 +1,214 @@
+"""Pure tensor functions for SSO (see SSO.md): per-sequence log-probs, base pairwise
+losses, the SFT term, the steering terms L+ and L-, the weight W, and the combined
+objective. No Lightning, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sso_lightning.errors import ConfigError
+
+SEQUENCE_KEYS = ("x|y+", "x|y-", "x+|y+", "x+|y-", "x-|yo", "x-|y+", "x-|y-")
+
+
+class SeqLogps(NamedTuple):
+    policy: Tensor  # [B] summed response log-probs under the policy (carries grad)
+    ref: Tensor  # [B] the same under the reference (no grad)
+    length: Tensor  # [B] response tokens
+
+    def mean(self) -> Tensor:
+        return self.policy / self.length
+
+    def ref_mean(self) -> Tensor:
+        return self.ref / self.length
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    """log p(label) at selected rows of flattened logits, upcasting one chunk at a time:
+    no float32 copy of the full logits exists in forward or backward."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, positions: Tensor, labels: Tensor, chunk_size: int) -> Tensor:
+        out = torch.empty(positions.numel(), dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        for s in range(0, positions.numel(), chunk_size):
+            rows = logits[positions[s : s + chunk_size]].float()
+            lse[s : s + chunk_size] = rows.logsumexp(-1)
+            out[s : s + chunk_size] = rows.gather(-1, labels[s : s + chunk_size, None]).squeeze(-1) - lse[s : s + chunk_size]
+        ctx.save_for_backward(logits, positions, labels, lse)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, positions, labels, lse = ctx.saved_tensors
+        grad = torch.zeros_like(logits)
+        for s in range(0, positions.numel(), ctx.chunk_size):
+            e = s + ctx.chunk_size
+            g = grad_out[s:e].float()[:, None]
+            rows = -(logits[positions[s:e]].float() - lse[s:e, None]).exp() * g
+            rows.scatter_add_(-1, labels[s:e, None], g)
+            grad.index_add_(0, positions[s:e], rows.to(logits.dtype))
+        return grad, None, None, None
+
+
+def sequence_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor, chunk_size: int = 2048) -> tuple[Tensor, Tensor]:
+    """Summed log-probs and lengths (float32 [N]) of the masked tokens of each row.
+
+    Token t is predicted by logits[:, t-1], so the mask must be False at t = 0."""
+    if response_mask[:, 0].any():
+        raise ValueError("response_mask[:, 0] must be False: the first token has no prediction")
+    n, t, v = logits.shape
+    seq, pos = response_mask.nonzero(as_tuple=True)
+    flat_positions = seq * t + pos - 1
+    labels = input_ids[seq, pos]
+    token_logps = _TokenLogProbs.apply(logits.reshape(n * t, v), flat_positions, labels, chunk_size)
+    sums = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add(0, seq, token_logps)
+    return sums, response_mask.sum(-1).float()
+
+
+class PairLoss(NamedTuple):
+    loss: Tensor  # [B]
+    margin: Tensor  # [B] implicit reward margin; > 0 means the pair is ranked right
+
+
+def _check_beta(beta: float) -> None:
+    if beta <= 0:
+        raise ConfigError(f"loss.base.beta must be > 0 (got {beta})")
+
+
+@dataclass(frozen=True)
+class DPO:
+    """-log sigmoid(beta * h), h = policy-vs-reference log-ratio of chosen minus rejected."""
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    needs_reference: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_beta(self.beta)
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"loss.base.label_smoothing must be in [0, 0.5) (got {self.label_smoothing})")
+
+    def __call__(self, chosen: SeqLogps, rejected: SeqLogps) -> PairLoss:
+        h = (chosen.policy - chosen.ref) - (rejected.policy - rejected.ref)
+        loss = -(1 - self.label_smoothing) * F.logsigmoid(self.beta * h) - self.label_smoothing * F.logsigmoid(-self.beta * h)
+        return PairLoss(loss, self.beta * h)
+
+
+@dataclass(frozen=True)
+class IPO:
+    """(h - 1/(2 beta))^2 with h from per-token mean log-probs, as TRL and LLaMA-Factory do."""
+
+    beta: float = 0.1
+    needs_reference: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_beta(self.beta)
+
+    def __call__(self, chosen: SeqLogps, rejected: SeqLogps) -> PairLoss:
+        h = (chosen.mean() - chosen.ref_mean()) - (rejected.mean() - rejected.ref_mean())
+        return PairLoss((h - 1 / (2 * self.beta)) ** 2, h)
+
+
+@dataclass(frozen=True)
+class SimPO:
+    """Reference-free: -log sigmoid(beta * (a_w - a_l) - target_margin)."""
+
+    beta: float = 2.0
+    target_margin: float = 0.5
+    needs_reference: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _check_beta(self.beta)
+
+    def __call__(self, chosen: SeqLogps, rejected: SeqLogps) -> PairLoss:
+        margin = self.beta * (chosen.mean() - rejected.mean())
+        return PairLoss(-F.logsigmoid(margin - self.target_margin), margin)
+
+
+def sft(seq: SeqLogps) -> Tensor:
+    """Mean token negative log-likelihood, -a(c, y)."""
+    return -seq.mean()
+
+
+def steering_weight(plain_chosen: SeqLogps, plain_rejected: SeqLogps, alpha: float = 0.66, detach: bool = False) -> Tensor:
+    """W = sigmoid(-(alpha a(x,y+) + (1-alpha) a(x,y-))): near 1 for off-policy pairs,
+    toward 0.5 for on-policy ones. Attached to the graph unless ``detach``."""
+    w = torch.sigmoid(-(alpha * plain_chosen.mean() + (1 - alpha) * plain_rejected.mean()))
+    return w.detach() if detach else w
+
+
+MINUS_FORMS = ("paper", "naive", "off")
+
+
+@dataclass
+class SSOObjective:
+    """The combined objective: P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
+    with g = 0 the authors' code multiplies P itself by W."""
+
+    base: Callable[[SeqLogps, SeqLogps], PairLoss]
+    g: float = 0.1
+    gamma: float = 0.1
+    policy_sft: float = 0.0
+    plus: bool = True
+    minus: str = "paper"
+    weight: bool = True
+    alpha: float = 0.66
+    detach_weight: bool = False
+
+    def __post_init__(self):
+        if self.minus not in MINUS_FORMS:
+            raise ConfigError(f"loss.minus must be one of {', '.join(MINUS_FORMS)} (got {self.minus!r})")
+        for name in ("g", "gamma", "policy_sft"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"loss.alpha must be in [0, 1] (got {self.alpha})")
+        if self.g == 0 and (self.plus or self.minus != "off"):
+            raise ConfigError(
+                "loss.g=0 multiplies the steering terms by zero; set loss.plus=false loss.minus=off, or loss.g > 0"
+            )
+        if self.detach_weight and not self.weight:
+            raise ConfigError("loss.detach_weight=true needs loss.weight=true (there is no W to detach)")
+
+    def required_sequences(self) -> tuple[str, ...]:
+        needed = {"x|y+", "x|y-"}
+        if self.plus:
+            needed |= {"x+|y+", "x+|y-"}
+        if self.minus == "paper":
+            needed |= {"x-|yo", "x-|y+"}
+        elif self.minus == "naive":
+            needed |= {"x-|y-", "x-|y+"}
+        return tuple(k for k in SEQUENCE_KEYS if k in needed)
+
+    def __call__(self, seqs: Mapping[str, SeqLogps]) -> dict[str, Tensor]:
+        pairs = {"policy": self.base(seqs["x|y+"], seqs["x|y-"])}
+        policy = pairs["policy"].loss + self.policy_sft * sft(seqs["x|y+"])
+        terms = {"loss_policy": policy}
+        if self.plus:
+            pairs["plus"] = self.base(seqs["x+|y+"], seqs["x+|y-"])
+            terms["loss_plus"] = pairs["plus"].loss + self.gamma * sft(seqs["x+|y+"])
+        if self.minus != "off":
+            preferred = "x-|yo" if self.minus == "paper" else "x-|y-"
+            pairs["minus"] = self.base(seqs[preferred], seqs["x-|y+"])
+            terms["loss_minus"] = pairs["minus"].loss + self.gamma * sft(seqs[preferred])
+        w = steering_weight(seqs["x|y+"], seqs["x|y-"], self.alpha, self.detach_weight) if self.weight else None
+        if self.g > 0:
+            steering = sum(terms[k] for k in ("loss_plus", "loss_minus") if k in terms)
+            total = policy + (w if w is not None else 1.0) * self.g * steering
+        else:
+            total = policy * w if w is not None else policy
+        out = {"loss": total.mean(), **{k: v.detach().mean() for k, v in terms.items()}}
+        if w is not None:
+            out["W"] = w.detach().mean()
+        for name, pair in pairs.items():
+            out[f"margin_{name}"] = pair.margin.detach().mean()
+            out[f"acc_{name}"] = (pair.margin.detach() > 0).float().mean()
+        return out

@@ -1,0 +1,37 @@
+"""The LightningModule: owns the policy and turns one batch into the SSO loss.
+
+All sequences of a batch (up to 6 per example, only those the objective reads) go
+through ONE forward pass; per-sequence summed log-probs come off its logits and the
+objective from ``losses`` does the rest. Reference log-probs arrive with the data,
+so no reference model is held here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+from sso_lightning.losses import SeqLogps, SSOObjective, sequence_logps
+
+
+class SSOModule(L.LightningModule):
+    def __init__(self, policy, tokenizer, objective: SSOObjective, optimizer: Callable[..., torch.optim.Optimizer]):
+        super().__init__()
+        self.policy, self.tokenizer, self.objective, self.make_optimizer = policy, tokenizer, objective, optimizer
+        self.keys = objective.required_sequences()
+        policy.train()  # from_pretrained returns eval mode
+
+    def training_step(self, batch, batch_idx):
+        logits = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        sums, lengths = sequence_logps(logits, batch["input_ids"], batch["response_mask"])
+        num_keys, batch_size = batch["ref"].shape
+        sums, lengths = sums.view(num_keys, batch_size), lengths.view(num_keys, batch_size)
+        seqs = {key: SeqLogps(sums[i], batch["ref"][i], lengths[i]) for i, key in enumerate(self.keys)}
+        terms = self.objective(seqs)
+        self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, batch_size=batch_size)
+        return terms["loss"]
+
+    def configure_optimizers(self):
+        return self.make_optimizer(params=[p for p in self.policy.parameters() if p.requires_grad])

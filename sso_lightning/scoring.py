@@ -1,0 +1,38 @@
+"""Summed log-probs of (prompt, response) sequences under a model, without gradients.
+
+Used right after generation to store reference log-probs with the data, and to
+measure how on-policy the generated answers are."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sso_lightning.data.batching import pack
+from sso_lightning.data.snapshot import SteeredExample
+from sso_lightning.losses import sequence_logps
+
+
+@torch.no_grad()
+def score_sequences(
+    model, examples: Sequence[SteeredExample], keys: Sequence[str], pad_id: int, batch_size: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per key: (summed log-probs [N], response lengths [N]) on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = {k: [] for k in keys}
+    lengths = {k: [] for k in keys}
+    try:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in pack(chunk, keys, pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            s, n = sequence_logps(logits, batch["input_ids"], batch["response_mask"])
+            for i, key in enumerate(keys):
+                sums[key].append(s[i * len(chunk) : (i + 1) * len(chunk)].cpu())
+                lengths[key].append(n[i * len(chunk) : (i + 1) * len(chunk)].cpu())
+    finally:
+        model.train(was_training)
+    return {k: (torch.cat(sums[k]), torch.cat(lengths[k])) for k in keys}

@@ -1,0 +1,1 @@
+"""The embedded toy world: a verifiable task small enough to run SSO end to end on a CPU."""

@@ -1,0 +1,91 @@
+"""One run: compose the objects from the config, fit, export the policy, print the table.
+
+The shape follows lightning-hydra-template: instantiate data, module, callbacks,
+loggers and trainer from the config, fit, and always finish the W&B run so that
+multirun jobs do not merge.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig
+
+from sso_lightning.callbacks import PolicyQuality, Regeneration, TrainThroughput
+from sso_lightning.data.datamodule import SteeredDataModule
+from sso_lightning.data.snapshot import read_snapshot
+from sso_lightning.errors import ConfigError
+from sso_lightning.module import SSOModule
+from sso_lightning.summary import epoch_table, format_table
+
+SCHEMES = ("combined",)
+
+
+def build(node: DictConfig, **kwargs):
+    """``instantiate``, surfacing our one-line ConfigError instead of Hydra's wrapper."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+
+
+def check_fresh(run_dir: Path) -> None:
+    """Never overwrite what an earlier run in the same directory generated or trained."""
+    for existing in [run_dir / "policy", *sorted((run_dir / "data").glob("epoch_*.jsonl"))]:
+        if existing.exists():
+            raise ConfigError(f"{existing} already exists; choose a new hydra.run.dir")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    check_fresh(run_dir)
+    if cfg.scheme not in SCHEMES:
+        raise ConfigError(f"scheme={cfg.scheme} is not valid (valid: {', '.join(SCHEMES)})")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    objective = build(cfg.loss)
+    keys = objective.required_sequences()
+    prompts = build(cfg.data.prompts).load()
+    principles, judge, sampling = build(cfg.principles), build(cfg.judge), build(cfg.generation)
+    policy, tokenizer = build(cfg.model).load()
+    offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
+    datamodule = SteeredDataModule(cfg.data.batch_size, keys, tokenizer.pad_token_id)
+    module = SSOModule(policy, tokenizer, objective, build(cfg.optimizer))
+    callbacks = [
+        Regeneration(prompts.train, principles, judge, sampling, keys, run_dir / "data", cfg.data.reference, offline),
+        PolicyQuality(prompts.eval, judge, sampling),
+        TrainThroughput(),
+    ]
+    loggers = [CSVLogger(run_dir, name="", version=""), *(build(node) for node in cfg.logger.values())]
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
+            import wandb
+
+            wandb.finish()
+    export_policy(policy, tokenizer, run_dir / "policy")
+    table = epoch_table(run_dir / "metrics.csv")
+    table.to_csv(run_dir / "epochs.csv")
+    print("\n" + format_table(table))
+    print(f"\nrun directory: {run_dir}")
+    return run_dir
+
+
+def export_policy(policy, tokenizer, path: Path) -> None:
+    """save_pretrained into a temp dir, then rename: no half-written policy."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, path)
