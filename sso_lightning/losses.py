@@ -14,15 +14,19 @@ from torch import Tensor
 
 from sso_lightning.errors import ConfigError
 
+# (prompt, response) pairs a training batch can hold: prompt in x, x+, x-; response in y+, y-, yo.
 SEQUENCE_KEYS = ("x|y+", "x|y-", "x+|y+", "x+|y-", "x-|yo", "x-|y+", "x-|y-")
 
 
 class SeqLogps(NamedTuple):
+    """Sequence log-probs of one batch of (prompt, response) pairs."""
+
     policy: Tensor  # [B] summed response log-probs under the policy (carries grad)
-    ref: Tensor  # [B] the same under the reference (no grad)
-    length: Tensor  # [B] response tokens
+    ref: Tensor  # [B] the same under the reference (no grad); zeros for reference-free losses
+    length: Tensor  # [B] float, number of response tokens
 
     def mean(self) -> Tensor:
+        """a(c, y): the per-token mean log-prob, length-independent."""
         return self.policy / self.length
 
     def ref_mean(self) -> Tensor:
@@ -31,29 +35,35 @@ class SeqLogps(NamedTuple):
 
 class _TokenLogProbs(torch.autograd.Function):
     """log p(label) at selected rows of flattened logits, upcasting one chunk at a time:
-    no float32 copy of the full logits exists in forward or backward."""
+    bf16 models have huge vocabularies, so no float32 copy of the full logits may exist
+    in forward or backward. Saves only the logits (the input itself), indices and lse.
+    Computes in float32, or float64 for float64 logits (so gradcheck can verify it)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, positions: Tensor, labels: Tensor, chunk_size: int) -> Tensor:
-        out = torch.empty(positions.numel(), dtype=torch.float32, device=logits.device)
+        acc = torch.promote_types(logits.dtype, torch.float32)
+        out = torch.empty(positions.numel(), dtype=acc, device=logits.device)
         lse = torch.empty_like(out)
         for s in range(0, positions.numel(), chunk_size):
-            rows = logits[positions[s : s + chunk_size]].float()
-            lse[s : s + chunk_size] = rows.logsumexp(-1)
-            out[s : s + chunk_size] = rows.gather(-1, labels[s : s + chunk_size, None]).squeeze(-1) - lse[s : s + chunk_size]
+            e = s + chunk_size
+            rows = logits[positions[s:e]].to(acc)
+            lse[s:e] = rows.logsumexp(-1)
+            out[s:e] = rows.gather(-1, labels[s:e, None]).squeeze(-1) - lse[s:e]
         ctx.save_for_backward(logits, positions, labels, lse)
         ctx.chunk_size = chunk_size
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
         logits, positions, labels, lse = ctx.saved_tensors
-        grad = torch.zeros_like(logits)
+        grad = torch.zeros_like(logits)  # rows that predict no counted token stay zero
         for s in range(0, positions.numel(), ctx.chunk_size):
             e = s + ctx.chunk_size
-            g = grad_out[s:e].float()[:, None]
-            rows = -(logits[positions[s:e]].float() - lse[s:e, None]).exp() * g
-            rows.scatter_add_(-1, labels[s:e, None], g)
+            g = grad_out[s:e].to(lse.dtype)[:, None]
+            rows = -(logits[positions[s:e]].to(lse.dtype) - lse[s:e, None]).exp() * g  # -g * softmax
+            rows.scatter_add_(-1, labels[s:e, None], g)  # + g * onehot(label)
             grad.index_add_(0, positions[s:e], rows.to(logits.dtype))
         return grad, None, None, None
 
@@ -61,31 +71,43 @@ class _TokenLogProbs(torch.autograd.Function):
 def sequence_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor, chunk_size: int = 2048) -> tuple[Tensor, Tensor]:
     """Summed log-probs and lengths (float32 [N]) of the masked tokens of each row.
 
-    Token t is predicted by logits[:, t-1], so the mask must be False at t = 0."""
+    logits [N, T, V] (any float dtype), input_ids and response_mask [N, T]. Token t is
+    predicted by logits[:, t-1], so the mask must be False at t = 0. Only `chunk_size`
+    positions at a time are upcast to float32. (float64 logits give float64 sums.)"""
+    if logits.dim() != 3 or input_ids.shape != logits.shape[:2] or response_mask.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits [N, T, V] and input_ids, response_mask [N, T]; got {tuple(logits.shape)}, "
+            f"{tuple(input_ids.shape)}, {tuple(response_mask.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
+    response_mask = response_mask.bool()
     if response_mask[:, 0].any():
         raise ValueError("response_mask[:, 0] must be False: the first token has no prediction")
     n, t, v = logits.shape
     seq, pos = response_mask.nonzero(as_tuple=True)
-    flat_positions = seq * t + pos - 1
-    labels = input_ids[seq, pos]
+    flat_positions = seq * t + pos - 1  # the row of logits.view(n*t, v) that predicts token (seq, pos)
+    labels = input_ids[seq, pos].long()
     token_logps = _TokenLogProbs.apply(logits.reshape(n * t, v), flat_positions, labels, chunk_size)
-    sums = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add(0, seq, token_logps)
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=logits.device).index_add(0, seq, token_logps)
     return sums, response_mask.sum(-1).float()
 
 
 class PairLoss(NamedTuple):
-    loss: Tensor  # [B]
+    loss: Tensor  # [B] per-example loss
     margin: Tensor  # [B] implicit reward margin; > 0 means the pair is ranked right
 
 
 def _check_beta(beta: float) -> None:
-    if beta <= 0:
+    if not beta > 0:
         raise ConfigError(f"loss.base.beta must be > 0 (got {beta})")
 
 
 @dataclass(frozen=True)
 class DPO:
-    """-log sigmoid(beta * h), h = policy-vs-reference log-ratio of chosen minus rejected."""
+    """-log sigmoid(beta * h), h = policy-vs-reference log-ratio of chosen minus rejected;
+    label_smoothing > 0 gives conservative DPO (labels assumed flipped with that probability).
+    The reference is detached: it must never receive gradients."""
 
     beta: float = 0.1
     label_smoothing: float = 0.0
@@ -97,14 +119,16 @@ class DPO:
             raise ConfigError(f"loss.base.label_smoothing must be in [0, 0.5) (got {self.label_smoothing})")
 
     def __call__(self, chosen: SeqLogps, rejected: SeqLogps) -> PairLoss:
-        h = (chosen.policy - chosen.ref) - (rejected.policy - rejected.ref)
-        loss = -(1 - self.label_smoothing) * F.logsigmoid(self.beta * h) - self.label_smoothing * F.logsigmoid(-self.beta * h)
-        return PairLoss(loss, self.beta * h)
+        h = (chosen.policy - chosen.ref.detach()) - (rejected.policy - rejected.ref.detach())
+        z = self.beta * h
+        loss = -(1 - self.label_smoothing) * F.logsigmoid(z) - self.label_smoothing * F.logsigmoid(-z)
+        return PairLoss(loss, z)
 
 
 @dataclass(frozen=True)
 class IPO:
-    """(h - 1/(2 beta))^2 with h from per-token mean log-probs, as TRL and LLaMA-Factory do."""
+    """(h - 1/(2 beta))^2 with h from per-token mean log-probs, as TRL and LLaMA-Factory do
+    (summed log-probs would make the squared loss grow with response length)."""
 
     beta: float = 0.1
     needs_reference: ClassVar[bool] = True
@@ -113,13 +137,13 @@ class IPO:
         _check_beta(self.beta)
 
     def __call__(self, chosen: SeqLogps, rejected: SeqLogps) -> PairLoss:
-        h = (chosen.mean() - chosen.ref_mean()) - (rejected.mean() - rejected.ref_mean())
+        h = (chosen.mean() - chosen.ref_mean().detach()) - (rejected.mean() - rejected.ref_mean().detach())
         return PairLoss((h - 1 / (2 * self.beta)) ** 2, h)
 
 
 @dataclass(frozen=True)
 class SimPO:
-    """Reference-free: -log sigmoid(beta * (a_w - a_l) - target_margin)."""
+    """Reference-free: -log sigmoid(beta * (a_w - a_l) - target_margin); ref is ignored."""
 
     beta: float = 2.0
     target_margin: float = 0.5
@@ -134,13 +158,14 @@ class SimPO:
 
 
 def sft(seq: SeqLogps) -> Tensor:
-    """Mean token negative log-likelihood, -a(c, y)."""
+    """Mean token negative log-likelihood, -a(c, y): keeps the preferred answer likely."""
     return -seq.mean()
 
 
 def steering_weight(plain_chosen: SeqLogps, plain_rejected: SeqLogps, alpha: float = 0.66, detach: bool = False) -> Tensor:
-    """W = sigmoid(-(alpha a(x,y+) + (1-alpha) a(x,y-))): near 1 for off-policy pairs,
-    toward 0.5 for on-policy ones. Attached to the graph unless ``detach``."""
+    """W = sigmoid(-(alpha a(x,y+) + (1-alpha) a(x,y-))) on the plain query x: near 1 for
+    off-policy pairs, toward 0.5 for on-policy ones. Attached to the graph (as in the
+    authors' code) unless ``detach``."""
     w = torch.sigmoid(-(alpha * plain_chosen.mean() + (1 - alpha) * plain_rejected.mean()))
     return w.detach() if detach else w
 
@@ -150,8 +175,10 @@ MINUS_FORMS = ("paper", "naive", "off")
 
 @dataclass
 class SSOObjective:
-    """The combined objective: P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
-    with g = 0 the authors' code multiplies P itself by W."""
+    """The combined objective (SSO.md, scheme 1), per example:
+    P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
+    with g = 0 the authors' code multiplies P itself by W. Batch mean.
+    PBAA is SSOObjective(base, g=0, plus=False, minus="off", weight=False)."""
 
     base: Callable[[SeqLogps, SeqLogps], PairLoss]
     g: float = 0.1
@@ -167,19 +194,22 @@ class SSOObjective:
         if self.minus not in MINUS_FORMS:
             raise ConfigError(f"loss.minus must be one of {', '.join(MINUS_FORMS)} (got {self.minus!r})")
         for name in ("g", "gamma", "policy_sft"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ConfigError(f"loss.{name} must be >= 0 (got {getattr(self, name)})")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"loss.alpha must be in [0, 1] (got {self.alpha})")
         if self.g == 0 and (self.plus or self.minus != "off"):
             raise ConfigError(
-                "loss.g=0 multiplies the steering terms by zero; set loss.plus=false loss.minus=off, or loss.g > 0"
+                f"loss.g=0 would multiply the steering terms (loss.plus={str(self.plus).lower()}, "
+                f"loss.minus={self.minus}) by zero; set loss.plus=false loss.minus=off, or loss.g > 0"
             )
         if self.detach_weight and not self.weight:
             raise ConfigError("loss.detach_weight=true needs loss.weight=true (there is no W to detach)")
 
     def required_sequences(self) -> tuple[str, ...]:
-        needed = {"x|y+", "x|y-"}
+        """The sequences this configuration reads, in SEQUENCE_KEYS order (so callers
+        run forwards only for those)."""
+        needed = {"x|y+", "x|y-"}  # the policy term, and W
         if self.plus:
             needed |= {"x+|y+", "x+|y-"}
         if self.minus == "paper":
@@ -189,6 +219,9 @@ class SSOObjective:
         return tuple(k for k in SEQUENCE_KEYS if k in needed)
 
     def __call__(self, seqs: Mapping[str, SeqLogps]) -> dict[str, Tensor]:
+        missing = [k for k in self.required_sequences() if k not in seqs]
+        if missing:
+            raise KeyError(f"SSOObjective needs sequences {missing} (has {sorted(seqs)})")
         pairs = {"policy": self.base(seqs["x|y+"], seqs["x|y-"])}
         policy = pairs["policy"].loss + self.policy_sft * sft(seqs["x|y+"])
         terms = {"loss_policy": policy}
@@ -201,7 +234,7 @@ class SSOObjective:
             terms["loss_minus"] = pairs["minus"].loss + self.gamma * sft(seqs[preferred])
         w = steering_weight(seqs["x|y+"], seqs["x|y-"], self.alpha, self.detach_weight) if self.weight else None
         if self.g > 0:
-            steering = sum(terms[k] for k in ("loss_plus", "loss_minus") if k in terms)
+            steering = sum((terms[k] for k in ("loss_plus", "loss_minus") if k in terms), torch.zeros_like(policy))
             total = policy + (w if w is not None else 1.0) * self.g * steering
         else:
             total = policy * w if w is not None else policy
@@ -209,6 +242,7 @@ class SSOObjective:
         if w is not None:
             out["W"] = w.detach().mean()
         for name, pair in pairs.items():
-            out[f"margin_{name}"] = pair.margin.detach().mean()
-            out[f"acc_{name}"] = (pair.margin.detach() > 0).float().mean()
+            margin = pair.margin.detach()
+            out[f"margin_{name}"] = margin.mean()
+            out[f"acc_{name}"] = (margin > 0).float().mean()
         return out

@@ -37,7 +37,7 @@ def build(node: DictConfig, **kwargs):
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        raise ConfigError(str(e).strip().splitlines()[0]) from None
+        raise ConfigError(" ".join(str(e).split())) from None
 
 
 def check_fresh(run_dir: Path) -> None:

@@ -1,0 +1,108 @@
+"""The command line: configs compose, bad input stops with one clear line and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY, TINY_RUN
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_paper_model_config_composes(cli):
+    result = cli("model=llama3_8b", "loss.gamma=0.1", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["model"]["name_or_path"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert cfg["loss"]["gamma"] == 0.1 and cfg["loss"]["alpha"] == 0.66 and cfg["loss"]["base"]["beta"] == 0.1
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["loss=nope"], ["loss=nope", "valid: pbaa, sso"]),
+        (["loss/base=nope"], ["loss/base=nope", "dpo, ipo, simpo"]),
+        (["scheme=nope"], ["scheme=nope", "valid: combined"]),
+        (["loss.minus=sideways"], ["loss.minus", "paper, naive, off"]),
+        (["loss.g=0"], ["loss.g=0", "loss.plus=false loss.minus=off"]),
+        (["data.reference=nope"], ["data.reference=nope", "iteration, initial"]),
+    ],
+)
+def test_bad_options_stop_with_one_line(cli, tmp_path, overrides, fragments):
+    run_dir = tmp_path / "run"
+    result = cli(*TINY, *overrides, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(result, *fragments)
+    assert not (run_dir / "data").exists() and not (run_dir / "policy").exists()
+
+
+def test_bad_prompt_files_stop_with_one_line(cli, tmp_path):
+    missing = cli(*TINY_RUN, "data=jsonl", f"data.prompts.path={tmp_path / 'none.jsonl'}", f"hydra.run.dir={tmp_path / 'a'}")
+    assert_one_line_error(missing, "none.jsonl", "not found")
+
+    malformed = tmp_path / "bad.jsonl"
+    malformed.write_text('{"prompt": "sort 1 2"}\n{"prompt": \n')
+    result = cli(*TINY_RUN, "data=jsonl", f"data.prompts.path={malformed}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert_one_line_error(result, f"{malformed}:2", "not valid JSON")
+
+    no_field = tmp_path / "nofield.jsonl"
+    no_field.write_text("".join(json.dumps({"question": f"sort {i} 1"}) + "\n" for i in range(10)))
+    result = cli(*TINY_RUN, "data=jsonl", f"data.prompts.path={no_field}", f"hydra.run.dir={tmp_path / 'c'}")
+    assert_one_line_error(result, "record 1", "'prompt'", "question", "data.prompts.field")
+    for name in "abc":
+        assert not (tmp_path / name / "data").exists()
+
+
+def test_prompt_file_with_configured_field_trains(cli, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"sort {i % 10} 3 1 {9 - i % 10}"}) + "\n" for i in range(40)))
+    result = cli(*TINY_RUN, "trainer.max_epochs=1", "data=jsonl", f"data.prompts.path={prompts}",
+                 "data.prompts.field=question", "data.prompts.num_eval=8", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = (tmp_path / "run" / "data" / "epoch_0.jsonl").read_text().splitlines()
+    assert {json.loads(r)["instruction"] for r in records} <= {json.loads(p)["question"] for p in prompts.read_text().splitlines()[:32]}
+
+
+def test_offline_file_missing_what_the_loss_needs(cli, tmp_path):
+    authors = tmp_path / "authors.jsonl"
+    authors.write_text(json.dumps({"instruction": "sort 2 1", "p_system": "give only the digits", "n_system":
+                                   "talk a lot before the digits", "chosen": "1 2", "rejected": "2 1"}) + "\n")
+    result = cli(*TINY, f"data.offline={authors}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(result, f"{authors}:1", "raw", "loss.minus")
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_existing_run_directory_is_never_overwritten(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "data").mkdir(parents=True)
+    (run_dir / "data" / "epoch_0.jsonl").write_text("precious\n")
+    result = cli(*TINY, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(result, "epoch_0.jsonl", "already exists")
+    assert (run_dir / "data" / "epoch_0.jsonl").read_text() == "precious\n"
+
+
+def test_configs_ship_inside_a_non_editable_install(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], check=True)
+    wheel = next(tmp_path.glob("sso_lightning-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for config in ("config.yaml", "loss/sso.yaml", "loss/base/dpo.yaml", "model/toy.yaml", "principles/paper.yaml"):
+        assert f"sso_lightning/conf/{config}" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sso_lightning", "loss=pbaa", "--cfg", "job"], cwd=tmp_path, capture_output=True,
+        text=True, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert yaml.safe_load(result.stdout)["loss"]["g"] == 0.0

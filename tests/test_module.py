@@ -1,0 +1,123 @@
+"""The LightningModule: one forward per step, the loss of every variant equals the objective
+applied to log-probs computed sequence by sequence, and training moves the parameters."""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sso_lightning.data.batching import Collator
+from sso_lightning.data.principles import PrinciplePair
+from sso_lightning.data.snapshot import SteeredExample
+from sso_lightning.data.steering import steer
+from sso_lightning.generation import Response
+from sso_lightning.losses import DPO, IPO, SEQUENCE_KEYS, SeqLogps, SimPO, SSOObjective
+from sso_lightning.module import SSOModule
+from sso_lightning.toy.tokenizer import build_toy_tokenizer
+
+VARIANTS = {
+    "sso": SSOObjective(DPO(0.1)),
+    "pbaa": SSOObjective(DPO(0.1), g=0, plus=False, minus="off", weight=False),
+    "w/o W": SSOObjective(DPO(0.1), weight=False),
+    "w/o g": SSOObjective(DPO(0.1), g=0, plus=False, minus="off"),
+    "L+ only": SSOObjective(DPO(0.1), minus="off"),
+    "L- only": SSOObjective(DPO(0.1), plus=False),
+    "naive L-": SSOObjective(DPO(0.1), minus="naive"),
+    "ipo": SSOObjective(IPO(0.1)),
+    "simpo": SSOObjective(SimPO(), policy_sft=0.5),
+}
+
+
+@pytest.fixture(scope="module")
+def world():
+    tokenizer = build_toy_tokenizer(["sort give only the digits talk a lot", *map(str, range(10))])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    rng = random.Random(0)
+    examples = []
+    for _ in range(8):
+        query = "sort " + " ".join(str(rng.randrange(10)) for _ in range(rng.randint(2, 5)))
+        prompt = steer(tokenizer, query, PrinciplePair(("concision",), "give only the digits", "talk a lot"))
+
+        def answer():
+            words = [str(rng.randrange(10)) for _ in range(rng.randint(1, 6))]
+            return Response(tuple(tokenizer.convert_tokens_to_ids(words)) + (tokenizer.eos_token_id,), " ".join(words), True)
+
+        examples.append(SteeredExample(prompt, {"y+": answer(), "y-": answer(), "yo": answer()},
+                                       ref_logps={k: -rng.uniform(2, 20) for k in SEQUENCE_KEYS}))
+    return tokenizer, config, examples
+
+
+def sequence_by_sequence(model, example, key) -> SeqLogps:
+    prompt_key, response_key = key.split("|")
+    prompt, response = example.prompt.ids[prompt_key], example.responses[response_key].ids
+    ids = torch.tensor([list(prompt) + list(response)])
+    logps = model(input_ids=ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    policy = logps[len(prompt) - 1 :].sum()
+    return SeqLogps(policy, torch.tensor(example.ref_logps[key]), torch.tensor(float(len(response))))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_step_is_one_forward_and_equals_the_objective(world, name):
+    tokenizer, config, examples = world
+    objective = VARIANTS[name]
+    torch.manual_seed(0)
+    module = SSOModule(LlamaForCausalLM(config), tokenizer, objective, lambda params: torch.optim.SGD(params, lr=0.1))
+    module.log_dict = lambda *a, **k: None
+    calls = []
+    module.policy.register_forward_hook(lambda *_: calls.append(1))
+    batch = Collator(objective.required_sequences(), tokenizer.pad_token_id)(examples)
+    loss = module.training_step(batch, 0)
+    assert len(calls) == 1
+    assert batch["input_ids"].shape[0] == len(objective.required_sequences()) * len(examples)
+
+    stacked = {}
+    for key in objective.required_sequences():
+        parts = [sequence_by_sequence(module.policy, ex, key) for ex in examples]
+        stacked[key] = SeqLogps(*(torch.stack([getattr(p, f) for p in parts]) for f in SeqLogps._fields))
+    expected = objective(stacked)["loss"]
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    grads = [p.grad for p in module.policy.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_gradient_of_a_batch_equals_the_mean_of_single_example_gradients(world):
+    """Gradient accumulation 1x8 equals 8x1: every term is a per-example mean."""
+    tokenizer, config, examples = world
+    objective = VARIANTS["sso"]
+    collate = Collator(objective.required_sequences(), tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    module = SSOModule(LlamaForCausalLM(config), tokenizer, objective, lambda params: None)
+    module.log_dict = lambda *a, **k: None
+
+    def grads(batches):
+        module.policy.zero_grad()
+        for batch in batches:
+            (module.training_step(batch, 0) / len(batches)).backward()
+        return [p.grad.clone() for p in module.policy.parameters()]
+
+    whole = grads([collate(examples)])
+    accumulated = grads([collate([ex]) for ex in examples])
+    for a, b in zip(whole, accumulated):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_lightning_fit_moves_every_trainable_parameter(world):
+    tokenizer, config, examples = world
+    objective = VARIANTS["sso"]
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(config)
+    before = [p.detach().clone() for p in policy.parameters()]
+    module = SSOModule(policy, tokenizer, objective, lambda params: torch.optim.AdamW(params, lr=1e-3))
+    loader = DataLoader(examples, batch_size=4, collate_fn=Collator(objective.required_sequences(), tokenizer.pad_token_id))
+    L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu").fit(module, loader)
+    assert all(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
