@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def check_group_overrides(args: list[str]) -> None:
 def hydra_main(cfg: DictConfig) -> None:
     from sso_lightning.train import run
 
+    # Lightning adds its own stderr handler; Hydra's root handlers already print (and file) its records.
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        lightning_logger.removeHandler(handler)
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as e:

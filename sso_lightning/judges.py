@@ -23,8 +23,10 @@ class ToyOracle:
     """Exact scores for toy-world queries (digit sorting)."""
 
     def score(self, queries: Sequence[str], responses: Sequence[Response]) -> list[float]:
+        if len(queries) != len(responses):
+            raise ValueError(f"{len(queries)} queries but {len(responses)} responses")
         try:
-            return [oracle_score(q, r.text, r.finished) for q, r in zip(queries, responses, strict=True)]
+            return [oracle_score(q, r.text, r.finished) for q, r in zip(queries, responses)]
         except ValueError as e:
             raise ConfigError(f"judge=toy_oracle scores only toy-world prompts: {e}; choose another judge") from None
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig
 
@@ -42,7 +44,7 @@ def build(node: DictConfig, **kwargs):
 
 def check_fresh(run_dir: Path) -> None:
     """Never overwrite what an earlier run in the same directory generated or trained."""
-    for existing in [run_dir / "policy", *sorted((run_dir / "data").glob("epoch_*.jsonl"))]:
+    for existing in [run_dir / "policy", run_dir / "metrics.csv", *sorted((run_dir / "data").glob("epoch_*.jsonl"))]:
         if existing.exists():
             raise ConfigError(f"{existing} already exists; choose a new hydra.run.dir")
 
@@ -65,6 +67,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         PolicyQuality(prompts.eval, judge, sampling),
         TrainThroughput(),
     ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar())  # the same bar style as the generation bars
+    # check_fresh guarantees no earlier metrics.csv, so the CSV logger's "will be deleted" warning is moot
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     loggers = [CSVLogger(run_dir, name="", version=""), *(build(node) for node in cfg.logger.values())]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
     try:

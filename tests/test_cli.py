@@ -38,6 +38,7 @@ def test_paper_model_config_composes(cli):
         (["loss.minus=sideways"], ["loss.minus", "paper, naive, off"]),
         (["loss.g=0"], ["loss.g=0", "loss.plus=false loss.minus=off"]),
         (["data.reference=nope"], ["data.reference=nope", "iteration, initial"]),
+        (["model=hf", "model.name_or_path=/no/such/model"], ["model.name_or_path=/no/such/model", "could not be loaded"]),
     ],
 )
 def test_bad_options_stop_with_one_line(cli, tmp_path, overrides, fragments):
@@ -59,7 +60,7 @@ def test_bad_prompt_files_stop_with_one_line(cli, tmp_path):
     no_field = tmp_path / "nofield.jsonl"
     no_field.write_text("".join(json.dumps({"question": f"sort {i} 1"}) + "\n" for i in range(10)))
     result = cli(*TINY_RUN, "data=jsonl", f"data.prompts.path={no_field}", f"hydra.run.dir={tmp_path / 'c'}")
-    assert_one_line_error(result, "record 1", "'prompt'", "question", "data.prompts.field")
+    assert_one_line_error(result, f"{no_field}:1", "'prompt'", "question", "data.prompts.field")
     for name in "abc":
         assert not (tmp_path / name / "data").exists()
 

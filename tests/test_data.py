@@ -151,7 +151,7 @@ def write(path: Path, lines: list[str]) -> Path:
 
 def test_read_jsonl_records_and_blank_lines(tmp_path):
     path = write(tmp_path / "p.jsonl", ['{"prompt": "a"}', "", '{"prompt": "b", "n": 2}', "   "])
-    assert read_jsonl(path) == [{"prompt": "a"}, {"prompt": "b", "n": 2}]
+    assert read_jsonl(path) == [(1, {"prompt": "a"}), (3, {"prompt": "b", "n": 2})]
     assert read_jsonl_field(path, "prompt") == ["a", "b"]
 
 
@@ -187,7 +187,7 @@ def test_read_jsonl_field_missing_field_names_field_and_record_fields(tmp_path):
     with pytest.raises(ConfigError) as err:
         read_jsonl_field(path, "prompt")
     message = one_line(err)
-    assert "'prompt'" in message and "id, question" in message and "record 2" in message
+    assert "'prompt'" in message and "id, question" in message and f"{path}:2" in message
 
 
 @pytest.mark.parametrize("value", ['""', '"   "', "3", "null", '["a"]'])
@@ -311,7 +311,6 @@ def test_read_snapshot_requires_raw_for_yo_keys(tmp_path, tok):
     assert len(examples) == 2 and "yo" in examples[0].responses and "yo" not in examples[1].responses
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_snapshot reports the record index as 'path:line' (blank lines skipped)")
 def test_read_snapshot_error_names_the_real_line(tmp_path, tok):
     path = write(tmp_path / "s.jsonl", ["", authors_lines(with_raw=False)[0]])
     with pytest.raises(ConfigError) as err:

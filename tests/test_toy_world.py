@@ -381,7 +381,6 @@ def test_toy_oracle_rejects_non_toy_query_with_config_error():
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a length mismatch is reported as 'scores only toy-world prompts'")
 def test_toy_oracle_length_mismatch_is_not_blamed_on_the_prompts():
     try:
         ToyOracle().score(["sort 1 2", "sort 2 1"], [Response((1,), "1 2", True)])

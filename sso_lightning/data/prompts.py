@@ -40,8 +40,9 @@ class JsonlPrompts:
         return PromptSet(train=queries[:split], eval=queries[split:])
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All records of a JSON-lines file; a missing file or a bad line is a ConfigError naming it."""
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-blank line; a missing file or a bad line is a
+    ConfigError naming it."""
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     records = []
@@ -55,7 +56,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(record, dict):
                 raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+            records.append((lineno, record))
     if not records:
         raise ConfigError(f"{path}: no records")
     return records
@@ -64,12 +65,12 @@ def read_jsonl(path: Path) -> list[dict]:
 def read_jsonl_field(path: Path, field: str) -> list[str]:
     """One non-empty string field from every record."""
     values = []
-    for lineno, record in enumerate(read_jsonl(path), start=1):
+    for lineno, record in read_jsonl(path):
         value = record.get(field)
         if not isinstance(value, str) or not value.strip():
-            keys = ", ".join(sorted(record)) or "none"
+            keys = ", ".join(repr(k)[1:-1] for k in sorted(record)) or "none"  # repr: one line, always
             raise ConfigError(
-                f"{path}: record {lineno} has no non-empty string field '{field}' (its fields: {keys}); "
+                f"{path}:{lineno}: record has no non-empty string field '{field}' (its fields: {keys}); "
                 "set data.prompts.field"
             )
         values.append(value)

@@ -87,7 +87,7 @@ def read_snapshot(path: Path, tokenizer, keys: Iterable[str]) -> list[SteeredExa
     """Examples from a file, each checked to hold the responses that sequence ``keys`` read."""
     needed = {key.split("|")[1] for key in keys}
     examples = []
-    for i, record in enumerate(read_jsonl(path), start=1):
+    for i, record in read_jsonl(path):
         example = from_record(record, tokenizer, f"{path}:{i}")
         missing = sorted(RESPONSE_FIELDS[k] for k in needed - set(example.responses))
         if missing:
@@ -105,9 +105,12 @@ def write_snapshot(path: Path, examples: Iterable[SteeredExample]) -> None:
         raise ConfigError(f"{path}: snapshot already exists; use a new run directory (hydra.run.dir)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for example in examples:
-            f.write(json.dumps(to_record(example), ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for example in examples:
+                f.write(json.dumps(to_record(example), ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

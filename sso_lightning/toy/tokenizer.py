@@ -34,5 +34,4 @@ def build_toy_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
         tokenizer_object=core, pad_token=PAD, unk_token=UNK, eos_token=EOS, additional_special_tokens=list(ROLE_TOKENS)
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.padding_side = "left"
     return tokenizer
