@@ -104,9 +104,10 @@ class Regeneration(L.Callback):
         self.prepare(trainer, pl_module, kept, epoch, extra)
 
     def prepare(self, trainer, pl_module, examples: list[SteeredExample], epoch: int, extra: dict) -> None:
-        """Judge, attach reference log-probs, write the snapshot, hand it to the DataModule."""
+        """Judge (always with the configured judge, also for files that carry scores), attach
+        reference log-probs, write the snapshot, hand it to the DataModule."""
         for key in ("y+", "y-", "yo"):
-            if any(key not in ex.scores for ex in examples) and all(key in ex.responses for ex in examples):
+            if all(key in ex.responses for ex in examples):
                 scores = self.judge.score([ex.prompt.query for ex in examples], [ex.responses[key] for ex in examples])
                 for ex, s in zip(examples, scores):
                     ex.scores[key] = s
