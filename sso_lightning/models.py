@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -14,24 +15,35 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class PretrainedPolicy:
-    """A causal LM by hub id or directory. ``dtype: auto`` is bfloat16 on GPU, float32 on CPU."""
+    """A causal LM by hub id or directory. ``dtype: auto`` is bfloat16 on GPU, float32 on CPU.
+    ``compile`` is read by the training module (it compiles the training forward only, so
+    generation keeps its dynamic shapes)."""
 
     name_or_path: str
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    compile: bool = False
 
     def load(self):
         dtype = self.resolve_dtype()
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError(
+                "model.attn_implementation=flash_attention_2 needs the flash-attn package (GPU only): "
+                "pip install -e '.[flash-attn]', or use model.attn_implementation=sdpa"
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
             model = AutoModelForCausalLM.from_pretrained(
                 self.name_or_path, dtype=dtype, attn_implementation=self.attn_implementation
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"model.name_or_path={self.name_or_path}: could not be loaded ({first})") from None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model, tokenizer
 
     def resolve_dtype(self) -> torch.dtype:

@@ -17,14 +17,20 @@ from sso_lightning.losses import SeqLogps, SSOObjective, sequence_logps
 
 
 class SSOModule(L.LightningModule):
-    def __init__(self, policy, tokenizer, objective: SSOObjective, optimizer: Callable[..., torch.optim.Optimizer]):
+    def __init__(
+        self, policy, tokenizer, objective: SSOObjective, optimizer: Callable[..., torch.optim.Optimizer],
+        compile: bool = False, compile_backend: str = "inductor",
+    ):
         super().__init__()
         self.policy, self.tokenizer, self.objective, self.make_optimizer = policy, tokenizer, objective, optimizer
+        # compiled for training steps only: generation calls the plain module with changing shapes.
+        # A compiled bound method, not a module attribute, so state_dict holds the policy once.
+        self.policy_logits = torch.compile(self._policy_logits, backend=compile_backend) if compile else self._policy_logits
         self.keys = objective.required_sequences()
         policy.train()  # from_pretrained returns eval mode
 
     def training_step(self, batch, batch_idx):
-        logits = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = self.policy_logits(batch["input_ids"], batch["attention_mask"])
         sums, lengths = sequence_logps(logits, batch["input_ids"], batch["response_mask"])
         num_keys, batch_size = batch["ref"].shape
         sums, lengths = sums.view(num_keys, batch_size), lengths.view(num_keys, batch_size)
@@ -32,6 +38,9 @@ class SSOModule(L.LightningModule):
         terms = self.objective(seqs)
         self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, batch_size=batch_size)
         return terms["loss"]
+
+    def _policy_logits(self, input_ids, attention_mask):
+        return self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def configure_optimizers(self):
         return self.make_optimizer(params=[p for p in self.policy.parameters() if p.requires_grad])

@@ -61,7 +61,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     policy, tokenizer = build(cfg.model).load()
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
     datamodule = SteeredDataModule(cfg.data.batch_size, keys, tokenizer.pad_token_id)
-    module = SSOModule(policy, tokenizer, objective, build(cfg.optimizer))
+    module = SSOModule(policy, tokenizer, objective, build(cfg.optimizer), compile=cfg.model.get("compile", False))
     callbacks = [
         Regeneration(prompts.train, principles, judge, sampling, keys, run_dir / "data", cfg.data.reference, offline),
         PolicyQuality(prompts.eval, judge, sampling),

@@ -27,6 +27,18 @@ def test_paper_model_config_composes(cli):
     cfg = yaml.safe_load(result.stdout)
     assert cfg["model"]["name_or_path"] == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert cfg["loss"]["gamma"] == 0.1 and cfg["loss"]["alpha"] == 0.66 and cfg["loss"]["base"]["beta"] == 0.1
+    assert cfg["loss"]["g"] == 0.1 and cfg["optimizer"]["lr"] == 5e-7
+    assert (cfg["generation"]["temperature"], cfg["generation"]["top_p"], cfg["generation"]["max_new_tokens"]) == (0.7, 0.8, 2048)
+    assert "accuracy" in cfg["principles"]["features"] and "safety" in cfg["principles"]["features"]
+
+
+@pytest.mark.parametrize("model, name", [("qwen2_7b", "Qwen/Qwen2-7B-Instruct"), ("llama3_8b_sft", "princeton-nlp/Llama-3-Base-8B-SFT")])
+def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
+    result = cli(f"model={model}", "model.name_or_path=/my/weights" if model.endswith("sft") else "seed=0", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["model"]["name_or_path"] == ("/my/weights" if model.endswith("sft") else name)
+    assert cfg["optimizer"]["lr"] == 5e-7 and cfg["generation"]["top_p"] == 0.8
 
 
 @pytest.mark.parametrize(
@@ -39,6 +51,8 @@ def test_paper_model_config_composes(cli):
         (["loss.g=0"], ["loss.g=0", "loss.plus=false loss.minus=off"]),
         (["data.reference=nope"], ["data.reference=nope", "iteration, initial"]),
         (["model=hf", "model.name_or_path=/no/such/model"], ["model.name_or_path=/no/such/model", "could not be loaded"]),
+        (["model=hf", "model.name_or_path=/no/such/model", "model.attn_implementation=flash_attention_2"],
+         ["model.attn_implementation=flash_attention_2", "flash-attn", "sdpa"]),
     ],
 )
 def test_bad_options_stop_with_one_line(cli, tmp_path, overrides, fragments):

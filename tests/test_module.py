@@ -121,3 +121,38 @@ def test_lightning_fit_moves_every_trainable_parameter(world):
     L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, accelerator="cpu").fit(module, loader)
     assert all(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_compiled_training_forward_gives_the_same_loss(world):
+    tokenizer, config, examples = world
+    objective = VARIANTS["sso"]
+    batch = Collator(objective.required_sequences(), tokenizer.pad_token_id)(examples)
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(config)
+    plain = SSOModule(policy, tokenizer, objective, lambda params: None)
+    compiled = SSOModule(policy, tokenizer, objective, lambda params: None, compile=True, compile_backend="aot_eager")
+    for module in (plain, compiled):
+        module.log_dict = lambda *a, **k: None
+    torch.testing.assert_close(compiled.training_step(batch, 0), plain.training_step(batch, 0), atol=1e-5, rtol=1e-5)
+    assert list(compiled.state_dict()) == list(plain.state_dict()) and all(k.startswith("policy.") for k in plain.state_dict())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path):
+    from sso_lightning.models import PretrainedPolicy
+
+    tokenizer, config, examples = world
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    objective = VARIANTS["sso"]
+    batch = Collator(objective.required_sequences(), tokenizer.pad_token_id)(examples)
+    grads = []
+    for checkpointing in (False, True):
+        policy, tok = PretrainedPolicy(str(tmp_path), dtype="float32", gradient_checkpointing=checkpointing).load()
+        assert policy.is_gradient_checkpointing == checkpointing
+        module = SSOModule(policy, tok, objective, lambda params: None)
+        module.log_dict = lambda *a, **k: None
+        module.training_step(batch, 0).backward()
+        grads.append([p.grad for p in policy.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
