@@ -26,7 +26,8 @@ from sso_lightning.data.snapshot import SteeredExample, write_snapshot
 from sso_lightning.data.steering import steer, render_prompt
 from sso_lightning.errors import ConfigError
 from sso_lightning.generation import Sampling, generate
-from sso_lightning.judges import Judge, pair_accuracy
+from sso_lightning.judges import Judge, pair_preferences
+from sso_lightning.models import has_adapters
 from sso_lightning.scoring import score_sequences
 
 PLAIN_KEYS = ("x|y+", "x|y-")
@@ -67,7 +68,7 @@ class Regeneration(L.Callback):
         if self.offline_examples is not None:
             self.prepare(trainer, pl_module, self.offline_examples, epoch=0, extra={})
             return
-        if self.reference == "initial":
+        if self.reference == "initial" and not has_adapters(pl_module.policy):
             self.initial_policy = copy.deepcopy(pl_module.policy).cpu()
         self.regenerate(trainer, pl_module, epoch=0)
 
@@ -103,6 +104,18 @@ class Regeneration(L.Callback):
         }
         self.prepare(trainer, pl_module, kept, epoch, extra)
 
+    def initial_scores(self, policy, examples, keys, pad):
+        """Log-probs under the model the run started from: the base with adapters disabled
+        under LoRA (no copy held), else a CPU copy brought to the device only for this."""
+        if has_adapters(policy):
+            with policy.disable_adapter():
+                return score_sequences(policy, examples, keys, pad, self.score_batch_size)
+        device = next(policy.parameters()).device
+        try:
+            return score_sequences(self.initial_policy.to(device), examples, keys, pad, self.score_batch_size)
+        finally:
+            self.initial_policy.cpu()
+
     def prepare(self, trainer, pl_module, examples: list[SteeredExample], epoch: int, extra: dict) -> None:
         """Judge (always with the configured judge, also for files that carry scores), attach
         reference log-probs, write the snapshot, hand it to the DataModule."""
@@ -115,10 +128,8 @@ class Regeneration(L.Callback):
         keys = tuple(dict.fromkeys(self.keys + PLAIN_KEYS))
         on_policy = score_sequences(policy, examples, keys, pad, self.score_batch_size)
         reference = on_policy
-        if self.initial_policy is not None:
-            device = next(policy.parameters()).device
-            reference = score_sequences(self.initial_policy.to(device), examples, keys, pad, self.score_batch_size)
-            self.initial_policy.cpu()
+        if self.reference == "initial" and self.offline_examples is None:
+            reference = self.initial_scores(policy, examples, keys, pad)
         for i, ex in enumerate(examples):
             ex.ref_logps = {k: float(reference[k][0][i]) for k in keys}
         write_snapshot(self.snapshot_dir / f"epoch_{epoch}.jsonl", examples)
@@ -135,8 +146,12 @@ class Regeneration(L.Callback):
             "data/onpolicy_prob_rejected": mean_prob("x|y-"),
         }
         if all({"y+", "y-"} <= set(ex.scores) for ex in examples):
-            metrics["data/pair_accuracy"] = pair_accuracy([ex.scores["y+"] for ex in examples],
-                                                          [ex.scores["y-"] for ex in examples])
+            preferences = pair_preferences(
+                self.judge, [ex.prompt.query for ex in examples],
+                [ex.responses["y+"] for ex in examples], [ex.responses["y-"] for ex in examples],
+                chosen_scores=[ex.scores["y+"] for ex in examples], rejected_scores=[ex.scores["y-"] for ex in examples],
+            )
+            metrics["data/pair_accuracy"] = sum(preferences) / len(preferences)
             for key, name in (("y+", "chosen"), ("y-", "rejected"), ("yo", "raw")):
                 if all(key in ex.scores for ex in examples):
                     metrics[f"data/quality_{name}"] = sum(ex.scores[key] for ex in examples) / len(examples)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,6 +12,35 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sso_lightning.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through peft. With it on, only the adapters train, and the base model with
+    adapters disabled serves as a fixed reference without a second copy in memory."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # a list of module names, or peft's "all-linear"
+
+    def apply(self, model):
+        from peft import LoraConfig, get_peft_model
+
+        if self.r < 1:
+            raise ConfigError(f"model.lora.r must be >= 1 (got {self.r})")
+        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
+                            task_type="CAUSAL_LM")
+        try:
+            return get_peft_model(model, config)
+        except ValueError as e:
+            raise ConfigError(f"model.lora.target_modules={targets}: {' '.join(str(e).split())}") from None
+
+
+def has_adapters(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
 @dataclass
@@ -24,6 +54,7 @@ class PretrainedPolicy:
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     compile: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def load(self):
         dtype = self.resolve_dtype()
@@ -44,6 +75,10 @@ class PretrainedPolicy:
             tokenizer.pad_token = tokenizer.eos_token
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora.enabled:
+                model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input
+        if self.lora.enabled:
+            model = self.lora.apply(model)
         return model, tokenizer
 
     def resolve_dtype(self) -> torch.dtype:
