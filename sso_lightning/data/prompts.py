@@ -1,12 +1,34 @@
-"""Prompt sources: where the queries x come from, validated before anything runs."""
+"""Prompt sources: where the queries x come from, validated before anything runs.
+
+A prompt source is any object with ``.load() -> PromptSet(train, eval)``:
+
+* :class:`PromptFile` -- a local ``.jsonl``, ``.json`` (an array of objects) or ``.parquet`` file,
+  chosen by extension (``conf/data/file.yaml``); :class:`JsonlPrompts` always reads JSON lines
+  (``conf/data/jsonl.yaml``).
+* :class:`HFPrompts` -- a Hugging Face dataset by hub name, local dataset directory, or a directory
+  written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``conf/data/hf.yaml``).
+
+Field mapping (``field``, all sources): the value is either a non-empty string, or a chat-style
+list of messages such as ``[{"role": "system", "content": ...}, {"role": "user", "content": "..."}]``,
+in which case the query is the ``content`` of the first message whose ``role`` is ``"user"``.
+
+Selection (all sources): the records are optionally shuffled with ``seed`` (``shuffle=true``), cut to
+the first ``limit``, and the last ``num_eval`` of those are held out for ``eval/quality``. HFPrompts
+can instead hold out ``num_eval`` records of another split (``eval_split``); ``limit`` then counts
+training queries only.
+"""
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 from sso_lightning.errors import ConfigError
+
+FILE_FORMATS = (".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -15,29 +37,82 @@ class PromptSet:
     eval: list[str]
 
 
-@dataclass
-class JsonlPrompts:
-    """Queries from a JSON-lines file, one object per line; ``field`` names the query.
+# ---------------------------------------------------------------------------------------------
+# shared: field mapping and selection
+# ---------------------------------------------------------------------------------------------
 
-    The last ``num_eval`` records (after ``limit``) are held out for ``eval/quality``.
-    """
 
-    path: str
-    field: str = "prompt"
-    num_eval: int = 64
-    limit: int | None = None
+def one_line(text: Any, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
-    def load(self) -> PromptSet:
-        queries = read_jsonl_field(Path(self.path), self.field)
-        if self.limit is not None:
-            queries = queries[: self.limit]
-        if len(queries) <= self.num_eval:
-            raise ConfigError(
-                f"{self.path}: {len(queries)} prompts, but data.prompts.num_eval={self.num_eval} are held out; "
-                "add prompts or lower num_eval"
-            )
-        split = len(queries) - self.num_eval
-        return PromptSet(train=queries[:split], eval=queries[split:])
+
+def field_names(record: dict) -> str:
+    return ", ".join(repr(k)[1:-1] for k in sorted(record, key=str)) or "none"  # repr: one line, always
+
+
+def extract_query(value: Any, field: str, where: str) -> str:
+    """The query in ``value``: a non-empty string, or the content of the first user message of
+    a chat-style message list. ``where`` names the record in the error."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ConfigError(f"{where}: field '{field}' is an empty string; every prompt must be non-empty")
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) for m in value):
+        for message in value:
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, str) and content.strip():
+                    return content
+                raise ConfigError(
+                    f"{where}: field '{field}' has a first user message without non-empty string 'content'"
+                )
+        roles = ", ".join(sorted({str(m.get("role")) for m in value}))
+        raise ConfigError(f"{where}: field '{field}' is a message list without a 'user' message (roles: {roles})")
+    raise ConfigError(
+        f"{where}: field '{field}' is {type(value).__name__}, expected a non-empty string "
+        "or a list of {'role', 'content'} messages with a user message; set data.prompts.field"
+    )
+
+
+def record_query(record: dict, field: str, where: str) -> str:
+    if field not in record:
+        raise ConfigError(
+            f"{where}: record has no non-empty string field '{field}' (its fields: {field_names(record)}); "
+            "set data.prompts.field"
+        )
+    return extract_query(record[field], field, where)
+
+
+def check_sizes(num_eval: int, limit: int | None) -> None:
+    if not isinstance(num_eval, int) or isinstance(num_eval, bool) or num_eval < 0:
+        raise ConfigError(f"data.prompts.num_eval={num_eval}: must be an integer >= 0")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"data.prompts.limit={limit}: must be a positive integer or null (all records)")
+
+
+def choose(n: int, limit: int | None, seed: int, shuffle: bool) -> list[int]:
+    """Indices of the records to use: all ``n`` (seeded shuffle if asked), the first ``limit``."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    return order if limit is None else order[:limit]
+
+
+def hold_out(queries: list[str], num_eval: int, source: str) -> PromptSet:
+    """The last ``num_eval`` queries are the eval set; at least one query must remain to train on."""
+    if len(queries) <= num_eval:
+        raise ConfigError(
+            f"{source}: {len(queries)} prompts, but data.prompts.num_eval={num_eval} are held out; "
+            "add prompts or lower num_eval"
+        )
+    split = len(queries) - num_eval
+    return PromptSet(train=queries[:split], eval=queries[split:])
+
+
+# ---------------------------------------------------------------------------------------------
+# local files
+# ---------------------------------------------------------------------------------------------
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -62,16 +137,197 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return records
 
 
+def read_json_array(path: Path) -> list[dict]:
+    """Records of a ``.json`` file holding one JSON array of objects."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({one_line(e)})") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
+    for i, record in enumerate(data, start=1):
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}: record {i}: expected a JSON object, got {type(record).__name__}")
+    if not data:
+        raise ConfigError(f"{path}: no records")
+    return data
+
+
+def read_parquet(path: Path) -> list[dict]:
+    """Rows of a ``.parquet`` file as dicts."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
+        raise ConfigError(f"{path}: not a valid Parquet file ({one_line(e)})") from None
+    if not rows:
+        raise ConfigError(f"{path}: no records")
+    return rows
+
+
+def read_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) for every record of a local prompt file, by extension."""
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise ConfigError(
+            f"{path}: unknown prompt file extension '{path.suffix or '(none)'}' (valid: {', '.join(FILE_FORMATS)})"
+        )
+    if suffix == ".jsonl":
+        return [(f"{path}:{lineno}", record) for lineno, record in read_jsonl(path)]
+    records = read_json_array(path) if suffix == ".json" else read_parquet(path)
+    return [(f"{path}: record {i}", record) for i, record in enumerate(records, start=1)]
+
+
 def read_jsonl_field(path: Path, field: str) -> list[str]:
-    """One non-empty string field from every record."""
-    values = []
-    for lineno, record in read_jsonl(path):
-        value = record.get(field)
-        if not isinstance(value, str) or not value.strip():
-            keys = ", ".join(repr(k)[1:-1] for k in sorted(record)) or "none"  # repr: one line, always
+    """One query (non-empty string or chat messages, see module doc) from every record."""
+    return [record_query(record, field, f"{path}:{lineno}") for lineno, record in read_jsonl(path)]
+
+
+@dataclass
+class PromptFile:
+    """Queries from a local file, by extension: ``.jsonl`` (one JSON object per line), ``.json``
+    (one JSON array of objects) or ``.parquet``. ``field`` names the query: a non-empty string or a
+    chat-style message list (the first user message's content is used).
+
+    Records are shuffled with ``seed`` when ``shuffle``, cut to the first ``limit``, and the last
+    ``num_eval`` of those are held out for ``eval/quality``.
+    """
+
+    path: str
+    field: str = "prompt"
+    num_eval: int = 64
+    limit: int | None = None
+    seed: int = 0
+    shuffle: bool = False
+
+    def records(self) -> list[tuple[str, dict]]:
+        return read_records(Path(self.path))
+
+    def load(self) -> PromptSet:
+        check_sizes(self.num_eval, self.limit)
+        records = self.records()
+        chosen = choose(len(records), self.limit, self.seed, self.shuffle)
+        queries = [record_query(records[i][1], self.field, records[i][0]) for i in chosen]
+        return hold_out(queries, self.num_eval, str(self.path))
+
+
+@dataclass
+class JsonlPrompts(PromptFile):
+    """A :class:`PromptFile` read as JSON lines whatever its extension (``conf/data/jsonl.yaml``)."""
+
+    def records(self) -> list[tuple[str, dict]]:
+        path = Path(self.path)
+        return [(f"{path}:{lineno}", record) for lineno, record in read_jsonl(path)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face datasets
+# ---------------------------------------------------------------------------------------------
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
+
+
+@dataclass
+class HFPrompts:
+    """Queries from a Hugging Face dataset.
+
+    ``name`` is a hub name (``HuggingFaceH4/ultrafeedback_binarized``), a local dataset directory or
+    data file that ``datasets.load_dataset`` reads, or a directory written by ``save_to_disk``
+    (read with ``datasets.load_from_disk``; a saved single ``Dataset`` is used whole, a saved
+    ``DatasetDict`` by ``split``). ``subset`` is the hub configuration name, if any.
+
+    ``field`` names the query column: strings, or chat-style message lists (the first user
+    message's content is used). Records are shuffled with ``seed`` when ``shuffle``, then cut to the
+    first ``limit`` (the paper used 8k queries). Held out for ``eval/quality``: ``num_eval`` records
+    of ``eval_split`` when it is set (fewer if the split is smaller), otherwise the last ``num_eval``
+    of the selected records. ``datasets`` is imported only when this source is used.
+    """
+
+    name: str
+    split: str = "train"
+    field: str = "prompt"
+    subset: str | None = None
+    eval_split: str | None = None
+    num_eval: int = 64
+    limit: int | None = None
+    seed: int = 0
+    shuffle: bool = False
+    cache_dir: str | None = None
+
+    def load(self) -> PromptSet:
+        check_sizes(self.num_eval, self.limit)
+        train = self.queries(self.split, self.limit)
+        if self.eval_split is None:
+            return hold_out(train, self.num_eval, f"data.prompts.name={self.name} split {self.split}")
+        if not train:
+            raise ConfigError(f"data.prompts.name={self.name}: split '{self.split}' has no records")
+        return PromptSet(train=train, eval=self.queries(self.eval_split, self.num_eval, option="eval_split"))
+
+    def queries(self, split: str, limit: int | None, option: str = "split") -> list[str]:
+        dataset = self.dataset(split, option)
+        where = f"data.prompts.name={self.name} split {split}"
+        columns = list(dataset.column_names)
+        if self.field not in columns:
             raise ConfigError(
-                f"{path}:{lineno}: record has no non-empty string field '{field}' (its fields: {keys}); "
+                f"{where}: no column '{self.field}' (its columns: {', '.join(columns) or 'none'}); "
                 "set data.prompts.field"
             )
-        values.append(value)
-    return values
+        chosen = choose(len(dataset), limit, self.seed, self.shuffle)
+        values = dataset.select(chosen)[self.field] if chosen else []
+        return [extract_query(v, self.field, f"{where} row {i}") for i, v in zip(chosen, values)]
+
+    def dataset(self, split: str, option: str):
+        try:
+            import datasets
+        except ImportError:
+            raise ConfigError("data=hf needs the datasets package (pip install datasets)") from None
+        path = Path(self.name).expanduser()
+        if is_saved_dataset(path):
+            try:
+                loaded = datasets.load_from_disk(str(path))
+            except Exception as e:
+                raise ConfigError(f"data.prompts.name={self.name}: could not be loaded ({one_line(e)})") from None
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise ConfigError(
+                        f"data.prompts.{option}={split}: not a split of {self.name} (valid: {', '.join(loaded)})"
+                    )
+                return loaded[split]
+            if option == "eval_split":
+                raise ConfigError(
+                    f"data.prompts.eval_split={split}: {self.name} is a single saved Dataset without splits; "
+                    "set data.prompts.eval_split=null to hold out the last num_eval records"
+                )
+            return loaded
+        kwargs: dict[str, Any] = {"split": split}
+        if self.cache_dir is not None:
+            kwargs["cache_dir"] = self.cache_dir
+        if path.is_file():  # one local data file: its builder by extension, its records as `split`
+            builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
+            if builder is None:
+                raise ConfigError(
+                    f"data.prompts.name={self.name}: unknown data file extension '{path.suffix or '(none)'}' "
+                    "(valid: .jsonl, .json, .parquet, .csv, a dataset directory or a hub name)"
+                )
+            args: Sequence[Any] = (builder,)
+            kwargs["data_files"] = {split: str(path)}
+        else:
+            args = (self.name, self.subset) if self.subset is not None else (self.name,)
+        try:
+            return datasets.load_dataset(*args, **kwargs)
+        except Exception as e:  # offline hub, unknown name, bad split, ...: one line
+            raise ConfigError(
+                f"data.prompts.name={self.name}: could not be loaded ({type(e).__name__}: {one_line(e)})"
+            ) from None
