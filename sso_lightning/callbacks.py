@@ -65,6 +65,8 @@ class Regeneration(L.Callback):
         self.initial_policy = None
 
     def on_fit_start(self, trainer, pl_module):
+        if hasattr(self.principles, "bind"):  # a principle writer may use the policy itself
+            self.principles.bind(pl_module.policy, pl_module.tokenizer)
         if self.offline_examples is not None:
             self.prepare(trainer, pl_module, self.offline_examples, epoch=0, extra={})
             return
@@ -90,6 +92,7 @@ class Regeneration(L.Callback):
             for i, p in enumerate(prompts)
         ]
         kept, dropped = drop_degenerate(examples, tokenizer.eos_token_id)
+        principle_metrics = self.principles.metrics() if hasattr(self.principles, "metrics") else {}
         if not kept:
             raise ConfigError(
                 f"epoch {epoch}: all {len(examples)} generated examples were degenerate ({dict(dropped)}); "
@@ -101,6 +104,7 @@ class Regeneration(L.Callback):
             "data/gen_tokens_per_s": sum(len(r.ids) for r in responses) / seconds,
             "data/unfinished_fraction": 1 - sum(finished) / len(finished),
             **{f"data/dropped_{reason}": float(dropped[reason]) for reason in DROP_REASONS},
+            **principle_metrics,
         }
         self.prepare(trainer, pl_module, kept, epoch, extra)
 

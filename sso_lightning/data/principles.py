@@ -51,13 +51,17 @@ class PrincipleLibrary:
     def for_queries(self, queries: Sequence[str]) -> list[PrinciplePair]:
         return [self.for_query(q) for q in queries]
 
-    def for_query(self, query: str) -> PrinciplePair:
+    def choice(self, query: str) -> tuple[list[str], bool]:
+        """The query's features and whether the concision pair joins them (seeded by the query)."""
         digest = hashlib.sha256(f"{self.seed}\0{query}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "little"))
-        names = sorted(self.features)
-        chosen = rng.sample(names, rng.randint(*self.features_per_prompt))
+        chosen = rng.sample(sorted(self.features), rng.randint(*self.features_per_prompt))
+        return chosen, bool(self.concision) and rng.random() < self.concision_probability
+
+    def for_query(self, query: str) -> PrinciplePair:
+        chosen, concise = self.choice(query)
         pairs = [self.features[n] for n in chosen]
-        if self.concision and rng.random() < self.concision_probability:
+        if concise:
             chosen.append("concision")
             pairs.append(self.concision)
         return PrinciplePair(

@@ -23,6 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sso_lightning.data.batching import pack_pairs
 from sso_lightning.data.principles import PrincipleLibrary
 from sso_lightning.data.steering import render_prompt
+from sso_lightning.errors import ConfigError
 from sso_lightning.losses import sequence_logps
 from sso_lightning.models import PretrainedPolicy
 from sso_lightning.toy.task import DIGITS, FILLER_WORDS, QUERY_WORD, ToyPrompts
@@ -53,6 +54,13 @@ class ToyPolicy:
     num_layers: int = 3
     num_heads: int = 4
     cache_dir: str = "~/.cache/sso_lightning"
+
+    def __post_init__(self):
+        if not isinstance(self.principles, PrincipleLibrary):
+            raise ConfigError(
+                "model=toy needs a principle library (principles=toy): its word-level vocabulary is built from "
+                "the library's texts; model-written principles need a real model (model=hf ...)"
+            )
 
     def load(self):
         path = self.checkpoint_dir()
