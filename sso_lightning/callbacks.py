@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import resource
+from collections import Counter
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from sso_lightning.data.filtering import DROP_REASONS, drop_degenerate
+from sso_lightning.distributed import gather, shard
 from sso_lightning.data.principles import PrincipleLibrary
 from sso_lightning.data.snapshot import SteeredExample, write_snapshot
 from sso_lightning.data.steering import steer, render_prompt
@@ -68,7 +70,7 @@ class Regeneration(L.Callback):
         if hasattr(self.principles, "bind"):  # a principle writer may use the policy itself
             self.principles.bind(pl_module.policy, pl_module.tokenizer)
         if self.offline_examples is not None:
-            self.prepare(trainer, pl_module, self.offline_examples, epoch=0, extra={})
+            self.prepare(trainer, pl_module, shard(self.offline_examples, trainer), epoch=0, extra={})
             return
         if self.reference == "initial" and not has_adapters(pl_module.policy):
             self.initial_policy = copy.deepcopy(pl_module.policy).cpu()
@@ -79,8 +81,11 @@ class Regeneration(L.Callback):
             self.regenerate(trainer, pl_module, epoch=trainer.current_epoch + 1)
 
     def regenerate(self, trainer, pl_module, epoch: int) -> None:
+        """Each rank generates, filters and annotates its shard of the prompts; the kept
+        examples and the counts are then gathered (see ``prepare``)."""
         policy, tokenizer = pl_module.policy, pl_module.tokenizer
-        prompts = [steer(tokenizer, q, p) for q, p in zip(self.queries, self.principles.for_queries(self.queries))]
+        principles = dict(zip(self.queries, self.principles.for_queries(self.queries)))
+        prompts = [steer(tokenizer, q, principles[q]) for q in shard(self.queries, trainer)]
         requests = [(p, key) for p in prompts for key in ("x+", "x-", "x")]
         bar = progress(trainer, len(requests), f"Generating epoch {epoch}")
         start = time.perf_counter()
@@ -92,19 +97,21 @@ class Regeneration(L.Callback):
             for i, p in enumerate(prompts)
         ]
         kept, dropped = drop_degenerate(examples, tokenizer.eos_token_id)
-        principle_metrics = self.principles.metrics() if hasattr(self.principles, "metrics") else {}
-        if not kept:
+        counts = Counter(dropped, examples=len(examples), kept=len(kept), responses=len(responses),
+                         finished=sum(r.finished for r in responses), tokens=sum(len(r.ids) for r in responses))
+        per_rank = gather([(counts, seconds)], trainer)
+        total = sum((c for c, _ in per_rank), Counter())
+        if not total["kept"]:
             raise ConfigError(
-                f"epoch {epoch}: all {len(examples)} generated examples were degenerate ({dict(dropped)}); "
-                "raise generation.temperature or generation.max_new_tokens"
+                f"epoch {epoch}: all {total['examples']} generated examples were degenerate "
+                f"({ {r: total[r] for r in DROP_REASONS} }); raise generation.temperature or generation.max_new_tokens"
             )
-        finished = [r.finished for r in responses]
         extra = {
-            "data/kept_fraction": len(kept) / len(examples),
-            "data/gen_tokens_per_s": sum(len(r.ids) for r in responses) / seconds,
-            "data/unfinished_fraction": 1 - sum(finished) / len(finished),
-            **{f"data/dropped_{reason}": float(dropped[reason]) for reason in DROP_REASONS},
-            **principle_metrics,
+            "data/kept_fraction": total["kept"] / total["examples"],
+            "data/gen_tokens_per_s": total["tokens"] / max(s for _, s in per_rank),
+            "data/unfinished_fraction": 1 - total["finished"] / total["responses"],
+            **{f"data/dropped_{reason}": float(total[reason]) for reason in DROP_REASONS},
+            **(self.principles.metrics() if hasattr(self.principles, "metrics") else {}),
         }
         self.prepare(trainer, pl_module, kept, epoch, extra)
 
@@ -121,8 +128,9 @@ class Regeneration(L.Callback):
             self.initial_policy.cpu()
 
     def prepare(self, trainer, pl_module, examples: list[SteeredExample], epoch: int, extra: dict) -> None:
-        """Judge (always with the configured judge, also for files that carry scores), attach
-        reference log-probs, write the snapshot, hand it to the DataModule."""
+        """This rank's share: judge (always with the configured judge, also for files that
+        carry scores), attach reference log-probs, measure on-policy-ness and preferences.
+        Then gather, let rank 0 write the snapshot, and hand all examples to the DataModule."""
         for key in ("y+", "y-", "yo"):
             if all(key in ex.responses for ex in examples):
                 scores = self.judge.score([ex.prompt.query for ex in examples], [ex.responses[key] for ex in examples])
@@ -136,26 +144,29 @@ class Regeneration(L.Callback):
             reference = self.initial_scores(policy, examples, keys, pad)
         for i, ex in enumerate(examples):
             ex.ref_logps = {k: float(reference[k][0][i]) for k in keys}
-        write_snapshot(self.snapshot_dir / f"epoch_{epoch}.jsonl", examples)
-        trainer.datamodule.set_examples(examples)
+        prob = {k: torch.exp(on_policy[k][0] / on_policy[k][1].clamp(min=1)).tolist() for k in PLAIN_KEYS}
+        judged = all({"y+", "y-"} <= set(ex.scores) for ex in examples)
+        preferences = pair_preferences(
+            self.judge, [ex.prompt.query for ex in examples],
+            [ex.responses["y+"] for ex in examples], [ex.responses["y-"] for ex in examples],
+            chosen_scores=[ex.scores["y+"] for ex in examples], rejected_scores=[ex.scores["y-"] for ex in examples],
+        ) if judged else [None] * len(examples)
 
-        def mean_prob(key):
-            sums, lengths = on_policy[key]
-            return float(torch.exp(sums / lengths.clamp(min=1)).mean())
+        examples = gather(examples, trainer)
+        stats = gather(list(zip(prob["x|y+"], prob["x|y-"], preferences)), trainer)
+        if trainer.is_global_zero:
+            write_snapshot(self.snapshot_dir / f"epoch_{epoch}.jsonl", examples)
+        trainer.strategy.barrier("snapshot written")
+        trainer.datamodule.set_examples(examples)
 
         metrics = {
             **extra,
             "data/num_examples": float(len(examples)),
-            "data/onpolicy_prob_chosen": mean_prob("x|y+"),
-            "data/onpolicy_prob_rejected": mean_prob("x|y-"),
+            "data/onpolicy_prob_chosen": sum(s[0] for s in stats) / len(stats),
+            "data/onpolicy_prob_rejected": sum(s[1] for s in stats) / len(stats),
         }
-        if all({"y+", "y-"} <= set(ex.scores) for ex in examples):
-            preferences = pair_preferences(
-                self.judge, [ex.prompt.query for ex in examples],
-                [ex.responses["y+"] for ex in examples], [ex.responses["y-"] for ex in examples],
-                chosen_scores=[ex.scores["y+"] for ex in examples], rejected_scores=[ex.scores["y-"] for ex in examples],
-            )
-            metrics["data/pair_accuracy"] = sum(preferences) / len(preferences)
+        if all(s[2] is not None for s in stats):
+            metrics["data/pair_accuracy"] = sum(s[2] for s in stats) / len(stats)
             for key, name in (("y+", "chosen"), ("y-", "rejected"), ("yo", "raw")):
                 if all(key in ex.scores for ex in examples):
                     metrics[f"data/quality_{name}"] = sum(ex.scores[key] for ex in examples) / len(examples)
@@ -179,11 +190,12 @@ class PolicyQuality(L.Callback):
         if not self.queries:
             return
         tokenizer = pl_module.tokenizer
-        bar = progress(trainer, len(self.queries), f"Evaluating after {epoch} epoch(s)")
-        prompts = [render_prompt(tokenizer, q) for q in self.queries]
+        queries = shard(self.queries, trainer)
+        bar = progress(trainer, len(queries), f"Evaluating after {epoch} epoch(s)")
+        prompts = [render_prompt(tokenizer, q) for q in queries]
         responses = generate(pl_module.policy, tokenizer, prompts, self.sampling, on_batch=bar.update)
         bar.close()
-        scores = self.judge.score(self.queries, responses)
+        scores = gather(self.judge.score(queries, responses), trainer)
         log_epoch_metrics(trainer, {"eval/quality": sum(scores) / len(scores)}, epoch)
 
 

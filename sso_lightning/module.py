@@ -36,7 +36,8 @@ class SSOModule(L.LightningModule):
         sums, lengths = sums.view(num_keys, batch_size), lengths.view(num_keys, batch_size)
         seqs = {key: SeqLogps(sums[i], batch["ref"][i], lengths[i]) for i, key in enumerate(self.keys)}
         terms = self.objective(seqs)
-        self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, batch_size=batch_size)
+        # sync_dist: under DDP the logged value is the mean over all ranks, i.e. over the global batch
+        self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, batch_size=batch_size, sync_dist=True)
         return terms["loss"]
 
     def _policy_logits(self, input_ids, attention_mask):

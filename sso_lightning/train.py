@@ -60,7 +60,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     principles, judge, sampling = build(cfg.principles), build(cfg.judge), build(cfg.generation)
     policy, tokenizer = build(cfg.model).load()
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
-    datamodule = SteeredDataModule(cfg.data.batch_size, keys, tokenizer.pad_token_id)
+    datamodule = SteeredDataModule(cfg.data.batch_size, keys, tokenizer.pad_token_id, shuffle=cfg.data.get("shuffle", True),
+                                   seed=cfg.seed)
     module = SSOModule(policy, tokenizer, objective, build(cfg.optimizer), compile=cfg.model.get("compile", False))
     callbacks = [
         Regeneration(prompts.train, principles, judge, sampling, keys, run_dir / "data", cfg.data.reference, offline),
@@ -80,6 +81,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
             import wandb
 
             wandb.finish()
+    if not trainer.is_global_zero:
+        return run_dir
     export_policy(policy, tokenizer, run_dir / "policy")
     table = epoch_table(run_dir / "metrics.csv")
     table.to_csv(run_dir / "epochs.csv")

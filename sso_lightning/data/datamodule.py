@@ -6,16 +6,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from sso_lightning.data.batching import Collator
 from sso_lightning.data.snapshot import SteeredExample
 
 
 class SteeredDataModule(L.LightningDataModule):
-    def __init__(self, batch_size: int, keys: Sequence[str], pad_id: int, num_workers: int = 0):
+    def __init__(
+        self, batch_size: int, keys: Sequence[str], pad_id: int, shuffle: bool = True, seed: int = 0, num_workers: int = 0
+    ):
         super().__init__()
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.shuffle, self.seed, self.num_workers = batch_size, shuffle, seed, num_workers
         self.collator = Collator(keys, pad_id)
         self.examples: list[SteeredExample] = []
 
@@ -23,7 +25,14 @@ class SteeredDataModule(L.LightningDataModule):
         self.examples = examples
 
     def train_dataloader(self) -> DataLoader:
+        """Under several processes, our own DistributedSampler: Lightning's would always
+        shuffle, and ``shuffle=false`` must give every run the same global batches."""
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = DistributedSampler(self.examples, num_replicas=self.trainer.world_size,
+                                         rank=self.trainer.global_rank, shuffle=self.shuffle, seed=self.seed)
+            return DataLoader(self.examples, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collator,
+                              num_workers=self.num_workers)
         return DataLoader(
-            self.examples, batch_size=self.batch_size, shuffle=True, collate_fn=self.collator,
+            self.examples, batch_size=self.batch_size, shuffle=self.shuffle, collate_fn=self.collator,
             num_workers=self.num_workers,
         )
