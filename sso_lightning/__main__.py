@@ -36,7 +36,8 @@ def check_group_overrides(args: list[str]) -> None:
         return
     for override in parsed:
         group = Path(CONFIG_DIR) / override.key_or_group
-        if override.is_delete() or not group.is_dir() or override.package is not None:
+        hydra_group = override.key_or_group.startswith("hydra/")  # plugins add options there
+        if override.is_delete() or hydra_group or not group.is_dir() or override.package is not None:
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         valid = sorted(p.stem for p in group.glob("*.yaml"))

@@ -123,3 +123,13 @@ def test_configs_ship_inside_a_non_editable_install(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert yaml.safe_load(result.stdout)["loss"]["g"] == 0.0
+
+
+def test_slurm_launcher_config_composes(cli):
+    result = cli("hydra/launcher=slurm", "hydra.launcher.nodes=2", "trainer.num_nodes=2", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr[-2000:]
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["nodes"] == 2
+    assert launcher["tasks_per_node"] == launcher["gpus_per_node"]
+    plugin_own = cli("hydra/launcher=submitit_local", "--cfg", "hydra")  # the plugin's own options stay valid
+    assert plugin_own.returncode == 0, plugin_own.stderr[-2000:]
