@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from sso_lightning.callbacks import PolicyQuality, Regeneration, TrainThroughput
 from sso_lightning.data.datamodule import SteeredDataModule
 from sso_lightning.data.snapshot import read_snapshot
+from sso_lightning.data.steering import require_chat_template
 from sso_lightning.errors import ConfigError
 from sso_lightning.module import SSOModule
 from sso_lightning.summary import epoch_table, format_table
@@ -59,6 +60,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     prompts = build(cfg.data.prompts).load()
     principles, judge, sampling = build(cfg.principles), build(cfg.judge), build(cfg.generation)
     policy, tokenizer = build(cfg.model).load()
+    require_chat_template(tokenizer)  # fail before the trainer starts
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
     datamodule = SteeredDataModule(cfg.data.batch_size, keys, tokenizer.pad_token_id, shuffle=cfg.data.get("shuffle", True),
                                    seed=cfg.seed)
