@@ -131,8 +131,7 @@ class _HFJudge:
         self._model = None
         self._tokenizer = None
 
-    def _auto_class(self):
-        raise NotImplementedError
+    auto_class_name: str  # the transformers Auto class that loads this judge's model
 
     def _load(self):
         if self._model is None:
@@ -142,7 +141,10 @@ class _HFJudge:
             dtype = _resolve_dtype(self.dtype)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
-                model = self._auto_class().from_pretrained(self.name_or_path, dtype=dtype)
+                import transformers
+
+                auto_class = getattr(transformers, self.auto_class_name)
+                model = auto_class.from_pretrained(self.name_or_path, dtype=dtype)
             except (OSError, ValueError) as e:
                 raise _load_failure(self.name_or_path, e) from None
             if tokenizer.pad_token_id is None:
@@ -185,10 +187,7 @@ class RewardModelJudge(_HFJudge):
     def __init__(self, name_or_path: str, batch_size: int = 16, max_length: int = 4096, dtype: str = "auto"):
         super().__init__(name_or_path, batch_size, max_length, dtype)
 
-    def _auto_class(self):
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
+    auto_class_name = "AutoModelForSequenceClassification"
 
     def _check(self, model, tokenizer) -> None:
         if model.config.num_labels != 1:
@@ -286,10 +285,7 @@ class LLMJudge(_HFJudge):
         self.mode = mode
         self._label_ids: dict[str, list[int]] = {}
 
-    def _auto_class(self):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM
+    auto_class_name = "AutoModelForCausalLM"
 
     def _prompt_ids(self, tokenizer, prompt: str) -> list[int]:
         if tokenizer.chat_template:
