@@ -56,7 +56,7 @@ def generate(
     try:
         for start in range(0, len(order), sampling.batch_size):
             batch = order[start : start + sampling.batch_size]
-            input_ids, attention_mask = left_pad([prompts[i] for i in batch], pad, device)
+            input_ids, attention_mask = pad_batch([prompts[i] for i in batch], pad, device, side="left")
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -78,13 +78,16 @@ def generate(
     return results  # type: ignore[return-value]
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, device, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token rows padded on the ``left`` (generation continues from
+    the last token) or the ``right``."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
+        span = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
     return ids.to(device), mask.to(device)
 
 

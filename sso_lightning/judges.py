@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from sso_lightning.errors import ConfigError
-from sso_lightning.generation import Response
+from sso_lightning.generation import Response, pad_batch
+from sso_lightning.models import load_failure, resolve_dtype
 from sso_lightning.toy.task import oracle_score
 
 
@@ -31,8 +32,7 @@ class ToyOracle:
     """Exact scores for toy-world queries (digit sorting)."""
 
     def score(self, queries: Sequence[str], responses: Sequence[Response]) -> list[float]:
-        if len(queries) != len(responses):
-            raise ValueError(f"{len(queries)} queries but {len(responses)} responses")
+        _check_lengths(queries, responses)
         try:
             return [oracle_score(q, r.text, r.finished) for q, r in zip(queries, responses)]
         except ValueError as e:
@@ -86,39 +86,21 @@ def pair_preferences(
 # ---------------------------------------------------------------------------------------------
 
 
-def _resolve_dtype(dtype: str):
-    import torch
-
-    from sso_lightning.models import DTYPES
-
-    if dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if dtype not in DTYPES:
-        raise ConfigError(f"judge.dtype={dtype} is not valid (valid: auto, {', '.join(DTYPES)})")
-    return DTYPES[dtype]
-
-
-def _load_failure(name_or_path: str, e: Exception) -> ConfigError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return ConfigError(f"judge.name_or_path={name_or_path}: could not be loaded ({first})")
-
-
 def _check_lengths(queries: Sequence[str], *groups: Sequence[Response]) -> None:
     for g in groups:
         if len(g) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(g)} responses")
 
 
-def _right_pad(rows: list[list[int]], pad: int, device):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
+def _score_finished(queries: Sequence[str], responses: Sequence[Response], rate) -> list[float]:
+    """Scores in [0, 1]: 0 for unfinished answers, ``rate(queries, texts)`` for the finished ones."""
+    _check_lengths(queries, responses)
+    scores = [0.0] * len(queries)
+    todo = [i for i, r in enumerate(responses) if r.finished]
+    if todo:
+        for i, s in zip(todo, rate([queries[i] for i in todo], [responses[i].text for i in todo])):
+            scores[i] = s
+    return scores
 
 
 class _HFJudge:
@@ -138,7 +120,7 @@ class _HFJudge:
             import torch
             from transformers import AutoTokenizer
 
-            dtype = _resolve_dtype(self.dtype)
+            dtype = resolve_dtype(self.dtype, "judge.dtype")
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
                 import transformers
@@ -146,7 +128,7 @@ class _HFJudge:
                 auto_class = getattr(transformers, self.auto_class_name)
                 model = auto_class.from_pretrained(self.name_or_path, dtype=dtype)
             except (OSError, ValueError) as e:
-                raise _load_failure(self.name_or_path, e) from None
+                raise load_failure("judge.name_or_path", self.name_or_path, e) from None
             if tokenizer.pad_token_id is None:
                 tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
             self._check(model, tokenizer)
@@ -200,15 +182,9 @@ class RewardModelJudge(_HFJudge):
             text_config.pad_token_id = tokenizer.pad_token_id
 
     def score(self, queries: Sequence[str], responses: Sequence[Response]) -> list[float]:
-        _check_lengths(queries, responses)
-        scores = [0.0] * len(queries)
-        todo = [i for i, r in enumerate(responses) if r.finished]
-        if not todo:
-            return scores
-        rewards = self.rewards([queries[i] for i in todo], [responses[i].text for i in todo])
-        for i, reward in zip(todo, rewards):
-            scores[i] = 1.0 / (1.0 + math.exp(-reward))
-        return scores
+        return _score_finished(
+            queries, responses, lambda q, a: [1.0 / (1.0 + math.exp(-r)) for r in self.rewards(q, a)]
+        )
 
     def rewards(self, queries: Sequence[str], answers: Sequence[str]) -> list[float]:
         """The raw reward of each (query, answer) text pair."""
@@ -223,7 +199,7 @@ class RewardModelJudge(_HFJudge):
         out: list[float] = []
         with torch.inference_mode():
             for start in range(0, len(rows), self.batch_size):
-                ids, mask = _right_pad(rows[start : start + self.batch_size], tokenizer.pad_token_id, device)
+                ids, mask = pad_batch(rows[start : start + self.batch_size], tokenizer.pad_token_id, device, side="right")
                 logits = model(input_ids=ids, attention_mask=mask).logits
                 out.extend(float(x) for x in logits[:, 0].float().cpu())
         return out
@@ -325,7 +301,7 @@ class LLMJudge(_HFJudge):
         with torch.inference_mode():
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
-                ids, mask = _right_pad(batch, tokenizer.pad_token_id, device)
+                ids, mask = pad_batch(batch, tokenizer.pad_token_id, device, side="right")
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
                 last = logits[torch.arange(len(batch), device=device), mask.sum(-1) - 1]
                 per_label = torch.stack([torch.logsumexp(last[:, i], dim=-1) for i in label_ids], dim=-1)
@@ -352,28 +328,19 @@ class LLMJudge(_HFJudge):
             if self.mode == "probability":
                 p1, p2 = float(first[k, 0].exp()), float(second[k, 1].exp())
             else:
-                p1 = self._vote(float(first[k, 0]), float(first[k, 1]))
-                p2 = self._vote(float(second[k, 1]), float(second[k, 0]))
+                p1 = score_wins([float(first[k, 0])], [float(first[k, 1])])[0]
+                p2 = score_wins([float(second[k, 1])], [float(second[k, 0])])[0]
             prefs[i] = (p1 + p2) / 2
         return prefs
 
-    @staticmethod
-    def _vote(mine: float, other: float) -> float:
-        return 1.0 if mine > other else 0.5 if mine == other else 0.0
-
     def score(self, queries: Sequence[str], responses: Sequence[Response]) -> list[float]:
+        return _score_finished(queries, responses, self.ratings)
+
+    def ratings(self, queries: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """Expected 0-9 rating over the digit tokens, divided by 9."""
         import torch
 
-        _check_lengths(queries, responses)
-        scores = [0.0] * len(queries)
-        todo = [i for i, r in enumerate(responses) if r.finished]
-        if not todo:
-            return scores
         digits = [str(d) for d in range(10)]
-        logp = self.label_logprobs(
-            [RATING_PROMPT.format(query=queries[i], answer=responses[i].text) for i in todo], digits
-        )
+        logp = self.label_logprobs([RATING_PROMPT.format(query=q, answer=a) for q, a in zip(queries, answers)], digits)
         expected = (logp.exp() * torch.arange(10, dtype=torch.float32)).sum(-1) / 9.0
-        for k, i in enumerate(todo):
-            scores[i] = min(1.0, max(0.0, float(expected[k])))
-        return scores
+        return [min(1.0, max(0.0, float(e))) for e in expected]

@@ -14,6 +14,21 @@ from sso_lightning.errors import ConfigError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_dtype(dtype: str, option: str) -> torch.dtype:
+    """``auto`` is bfloat16 on GPU, float32 on CPU; ``option`` names the setting in errors."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"{option}={dtype} is not valid (valid: auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def load_failure(option: str, name_or_path: str, error: Exception) -> ConfigError:
+    """One line for a model that could not be loaded: the option, the path, the first error line."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ConfigError(f"{option}={name_or_path}: could not be loaded ({first})")
+
+
 @dataclass
 class LoraSettings:
     """LoRA through peft. With it on, only the adapters train, and the base model with
@@ -57,7 +72,7 @@ class PretrainedPolicy:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def load(self):
-        dtype = self.resolve_dtype()
+        dtype = resolve_dtype(self.dtype, "model.dtype")
         if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise ConfigError(
                 "model.attn_implementation=flash_attention_2 needs the flash-attn package (GPU only): "
@@ -69,8 +84,7 @@ class PretrainedPolicy:
                 self.name_or_path, dtype=dtype, attn_implementation=self.attn_implementation
             )
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"model.name_or_path={self.name_or_path}: could not be loaded ({first})") from None
+            raise load_failure("model.name_or_path", self.name_or_path, e) from None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if self.gradient_checkpointing:
@@ -80,10 +94,3 @@ class PretrainedPolicy:
         if self.lora.enabled:
             model = self.lora.apply(model)
         return model, tokenizer
-
-    def resolve_dtype(self) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype={self.dtype} is not valid (valid: auto, {', '.join(DTYPES)})")
-        return DTYPES[self.dtype]

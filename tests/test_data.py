@@ -21,7 +21,7 @@ from sso_lightning.data.prompts import JsonlPrompts, read_jsonl, read_jsonl_fiel
 from sso_lightning.data.snapshot import SteeredExample, from_record, read_snapshot, to_record, write_snapshot
 from sso_lightning.data.steering import SteeredPrompt, render_prompt, steer
 from sso_lightning.errors import ConfigError
-from sso_lightning.generation import Response, Sampling, cut_at_eos, generate, left_pad
+from sso_lightning.generation import Response, Sampling, cut_at_eos, generate, pad_batch
 from sso_lightning.scoring import score_sequences
 from sso_lightning.toy.task import DIGITS, FILLER_WORDS
 from sso_lightning.toy.tokenizer import build_toy_tokenizer
@@ -428,11 +428,14 @@ def test_collator_adds_ref_k_by_b_and_rejects_missing_key():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_left_pad_shapes_values_mask():
-    ids, mask = left_pad([[5, 6, 7], [8], [9, 10]], pad_id=0, device="cpu")
+def test_pad_batch_left_and_right():
+    ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_id=0, device="cpu", side="left")
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
     assert ids.dtype == torch.long and mask.dtype == torch.long
+    ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_id=0, device="cpu", side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
 
 
 def test_cut_at_eos(tok):
