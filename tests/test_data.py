@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sso_lightning.data.batching import Collator, pack
 from sso_lightning.data.filtering import drop_degenerate
 from sso_lightning.data.principles import PrinciplePair, PrincipleLibrary
-from sso_lightning.data.prompts import JsonlPrompts, read_jsonl, read_jsonl_field
+from sso_lightning.data.prompts import JsonlPrompts, read_jsonl
 from sso_lightning.data.snapshot import SteeredExample, from_record, read_snapshot, to_record, write_snapshot
 from sso_lightning.data.steering import SteeredPrompt, render_prompt, steer
 from sso_lightning.errors import ConfigError
@@ -152,7 +152,7 @@ def write(path: Path, lines: list[str]) -> Path:
 def test_read_jsonl_records_and_blank_lines(tmp_path):
     path = write(tmp_path / "p.jsonl", ['{"prompt": "a"}', "", '{"prompt": "b", "n": 2}', "   "])
     assert read_jsonl(path) == [(1, {"prompt": "a"}), (3, {"prompt": "b", "n": 2})]
-    assert read_jsonl_field(path, "prompt") == ["a", "b"]
+    assert JsonlPrompts(str(path), num_eval=0).load().train == ["a", "b"]
 
 
 def test_read_jsonl_missing_file(tmp_path):
@@ -182,19 +182,19 @@ def test_read_jsonl_empty_file(tmp_path):
     assert "no records" in one_line(err)
 
 
-def test_read_jsonl_field_missing_field_names_field_and_record_fields(tmp_path):
+def test_jsonl_prompts_missing_field_names_field_and_record_fields(tmp_path):
     path = write(tmp_path / "p.jsonl", ['{"prompt": "a"}', '{"question": "b", "id": 7}'])
     with pytest.raises(ConfigError) as err:
-        read_jsonl_field(path, "prompt")
+        JsonlPrompts(str(path), num_eval=0).load()
     message = one_line(err)
     assert "'prompt'" in message and "id, question" in message and f"{path}:2" in message
 
 
 @pytest.mark.parametrize("value", ['""', '"   "', "3", "null", '["a"]'])
-def test_read_jsonl_field_empty_or_non_string(tmp_path, value):
+def test_jsonl_prompts_empty_or_non_string(tmp_path, value):
     path = write(tmp_path / "p.jsonl", ['{"prompt": "a"}', '{"prompt": ' + value + "}"])
     with pytest.raises(ConfigError) as err:
-        read_jsonl_field(path, "prompt")
+        JsonlPrompts(str(path), num_eval=0).load()
     assert "'prompt'" in one_line(err)
 
 

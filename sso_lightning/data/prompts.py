@@ -182,14 +182,14 @@ def read_records(path: Path) -> list[tuple[str, dict]]:
             f"{path}: unknown prompt file extension '{path.suffix or '(none)'}' (valid: {', '.join(FILE_FORMATS)})"
         )
     if suffix == ".jsonl":
-        return [(f"{path}:{lineno}", record) for lineno, record in read_jsonl(path)]
+        return jsonl_records(path)
     records = read_json_array(path) if suffix == ".json" else read_parquet(path)
     return [(f"{path}: record {i}", record) for i, record in enumerate(records, start=1)]
 
 
-def read_jsonl_field(path: Path, field: str) -> list[str]:
-    """One query (non-empty string or chat messages, see module doc) from every record."""
-    return [record_query(record, field, f"{path}:{lineno}") for lineno, record in read_jsonl(path)]
+def jsonl_records(path: Path) -> list[tuple[str, dict]]:
+    """(``path:line``, record) for every record of a JSON-lines file."""
+    return [(f"{path}:{lineno}", record) for lineno, record in read_jsonl(path)]
 
 
 @dataclass
@@ -225,8 +225,7 @@ class JsonlPrompts(PromptFile):
     """A :class:`PromptFile` read as JSON lines whatever its extension (``conf/data/jsonl.yaml``)."""
 
     def records(self) -> list[tuple[str, dict]]:
-        path = Path(self.path)
-        return [(f"{path}:{lineno}", record) for lineno, record in read_jsonl(path)]
+        return jsonl_records(Path(self.path))
 
 
 # ---------------------------------------------------------------------------------------------
