@@ -13,6 +13,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from sso_lightning.errors import ConfigError
+from sso_lightning.loggers import multirun_dir
+
+FAILED_MARKER = "FAILED"  # a job directory holding this file ended in an error (its one line inside)
+failed_jobs: list[str] = []  # this process's failed multirun jobs, reported when the sweep ends
 
 
 def config_dir() -> str:
@@ -54,11 +58,21 @@ def hydra_main(cfg: DictConfig) -> None:
     lightning_logger = logging.getLogger("lightning")
     for handler in list(lightning_logger.handlers):
         lightning_logger.removeHandler(handler)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        run(cfg, run_dir)
+    except Exception as e:
+        if multirun_dir() is None:
+            if isinstance(e, ConfigError):
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        # one failing job does not end the sweep: mark it for the report and go on
+        line = " ".join(f"{type(e).__name__}: {e}".split()) if not isinstance(e, ConfigError) else str(e)
+        logging.getLogger(__name__).error("job failed", exc_info=not isinstance(e, ConfigError))
+        (run_dir / FAILED_MARKER).write_text(line + "\n")
+        print(f"error: {run_dir}: {line}", file=sys.stderr)
+        failed_jobs.append(str(run_dir))
 
 
 def main() -> None:
@@ -68,6 +82,9 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     hydra_main()
+    if failed_jobs:
+        print(f"error: {len(failed_jobs)} job(s) of the sweep failed: {', '.join(failed_jobs)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

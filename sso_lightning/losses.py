@@ -171,13 +171,19 @@ def steering_weight(plain_chosen: SeqLogps, plain_rejected: SeqLogps, alpha: flo
 
 
 MINUS_FORMS = ("paper", "naive", "off")
+PHASES = ("combined", "generator", "policy")
 
 
 @dataclass
 class SSOObjective:
-    """The combined objective (SSO.md, scheme 1), per example:
-    P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
-    with g = 0 the authors' code multiplies P itself by W. Batch mean.
+    """The SSO objective, per example, batch mean. ``phase`` picks the scheme (SSO.md):
+
+    * combined (scheme 1): P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
+      with g = 0 the authors' code multiplies P itself by W.
+    * generator / policy (scheme 2, two_stage): the data generator learns L+ + L- alone;
+      the policy learns P alone, on the generator's pairs. W and g weigh the two against
+      each other in one loss, so they play no part here.
+
     PBAA is SSOObjective(base, g=0, plus=False, minus="off", weight=False)."""
 
     base: Callable[[SeqLogps, SeqLogps], PairLoss]
@@ -206,38 +212,53 @@ class SSOObjective:
         if self.detach_weight and not self.weight:
             raise ConfigError("loss.detach_weight=true needs loss.weight=true (there is no W to detach)")
 
-    def required_sequences(self) -> tuple[str, ...]:
-        """The sequences this configuration reads, in SEQUENCE_KEYS order (so callers
-        run forwards only for those)."""
-        needed = {"x|y+", "x|y-"}  # the policy term, and W
-        if self.plus:
-            needed |= {"x+|y+", "x+|y-"}
-        if self.minus == "paper":
-            needed |= {"x-|yo", "x-|y+"}
-        elif self.minus == "naive":
-            needed |= {"x-|y-", "x-|y+"}
+    @property
+    def steers(self) -> bool:
+        return self.plus or self.minus != "off"
+
+    def required_sequences(self, phase: str = "combined") -> tuple[str, ...]:
+        """The sequences a phase reads, in SEQUENCE_KEYS order (so callers run forwards
+        only for those)."""
+        check_phase(phase)
+        needed = {"x|y+", "x|y-"} if phase != "generator" else set()  # the policy term, and W
+        if phase != "policy":
+            if self.plus:
+                needed |= {"x+|y+", "x+|y-"}
+            if self.minus == "paper":
+                needed |= {"x-|yo", "x-|y+"}
+            elif self.minus == "naive":
+                needed |= {"x-|y-", "x-|y+"}
         return tuple(k for k in SEQUENCE_KEYS if k in needed)
 
-    def __call__(self, seqs: Mapping[str, SeqLogps]) -> dict[str, Tensor]:
-        missing = [k for k in self.required_sequences() if k not in seqs]
+    def __call__(self, seqs: Mapping[str, SeqLogps], phase: str = "combined") -> dict[str, Tensor]:
+        missing = [k for k in self.required_sequences(phase) if k not in seqs]
         if missing:
             raise KeyError(f"SSOObjective needs sequences {missing} (has {sorted(seqs)})")
-        pairs = {"policy": self.base(seqs["x|y+"], seqs["x|y-"])}
-        policy = pairs["policy"].loss + self.policy_sft * sft(seqs["x|y+"])
-        terms = {"loss_policy": policy}
-        if self.plus:
-            pairs["plus"] = self.base(seqs["x+|y+"], seqs["x+|y-"])
-            terms["loss_plus"] = pairs["plus"].loss + self.gamma * sft(seqs["x+|y+"])
-        if self.minus != "off":
-            preferred = "x-|yo" if self.minus == "paper" else "x-|y-"
-            pairs["minus"] = self.base(seqs[preferred], seqs["x-|y+"])
-            terms["loss_minus"] = pairs["minus"].loss + self.gamma * sft(seqs[preferred])
-        w = steering_weight(seqs["x|y+"], seqs["x|y-"], self.alpha, self.detach_weight) if self.weight else None
-        if self.g > 0:
-            steering = sum((terms[k] for k in ("loss_plus", "loss_minus") if k in terms), torch.zeros_like(policy))
-            total = policy + (w if w is not None else 1.0) * self.g * steering
+        pairs, terms = {}, {}
+        if phase != "generator":
+            pairs["policy"] = self.base(seqs["x|y+"], seqs["x|y-"])
+            terms["loss_policy"] = pairs["policy"].loss + self.policy_sft * sft(seqs["x|y+"])
+        if phase != "policy":
+            if self.plus:
+                pairs["plus"] = self.base(seqs["x+|y+"], seqs["x+|y-"])
+                terms["loss_plus"] = pairs["plus"].loss + self.gamma * sft(seqs["x+|y+"])
+            if self.minus != "off":
+                preferred = "x-|yo" if self.minus == "paper" else "x-|y-"
+                pairs["minus"] = self.base(seqs[preferred], seqs["x-|y+"])
+                terms["loss_minus"] = pairs["minus"].loss + self.gamma * sft(seqs[preferred])
+        steering = [terms[k] for k in ("loss_plus", "loss_minus") if k in terms]
+        w = None
+        if phase == "generator":
+            total = sum(steering[1:], steering[0])
+        elif phase == "policy":
+            total = terms["loss_policy"]
         else:
-            total = policy * w if w is not None else policy
+            policy = terms["loss_policy"]
+            w = steering_weight(seqs["x|y+"], seqs["x|y-"], self.alpha, self.detach_weight) if self.weight else None
+            if self.g > 0:
+                total = policy + (w if w is not None else 1.0) * self.g * sum(steering, torch.zeros_like(policy))
+            else:
+                total = policy * w if w is not None else policy
         out = {"loss": total.mean(), **{k: v.detach().mean() for k, v in terms.items()}}
         if w is not None:
             out["W"] = w.detach().mean()
@@ -246,3 +267,8 @@ class SSOObjective:
             out[f"margin_{name}"] = margin.mean()
             out[f"acc_{name}"] = (margin > 0).float().mean()
         return out
+
+
+def check_phase(phase: str) -> None:
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES} (got {phase!r})")

@@ -19,7 +19,12 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig
 
-from sso_lightning.callbacks import PolicyQuality, Regeneration, TrainThroughput
+from sso_lightning.callbacks import (
+    PolicyQuality,
+    Regeneration,
+    TrainThroughput,
+    TwoStageRegeneration,
+)
 from sso_lightning.data.datamodule import SteeredDataModule
 from sso_lightning.data.snapshot import read_snapshot
 from sso_lightning.data.steering import require_chat_template
@@ -27,7 +32,7 @@ from sso_lightning.errors import ConfigError
 from sso_lightning.module import SSOModule
 from sso_lightning.summary import epoch_table, format_table
 
-SCHEMES = ("combined",)
+SCHEMES = ("combined", "two_stage")
 
 
 def build(node: DictConfig, **kwargs):
@@ -56,7 +61,14 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         raise ConfigError(f"scheme={cfg.scheme} is not valid (valid: {', '.join(SCHEMES)})")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     objective = build(cfg.loss)
-    keys = objective.required_sequences()
+    two_stage = cfg.scheme == "two_stage"
+    if two_stage and not objective.steers:
+        raise ConfigError("scheme=two_stage trains the data generator on L+ + L-, and loss.plus=false loss.minus=off "
+                          "leaves it nothing to learn; use scheme=combined (PBAA)")
+    if two_stage and (cfg.data.offline or not cfg.data.get("regenerate", True)):
+        raise ConfigError("scheme=two_stage samples fresh pairs from its generator every iteration; "
+                          "data.offline and data.regenerate=false need scheme=combined")
+    keys = objective.required_sequences("policy" if two_stage else "combined")
     prompts = build(cfg.data.prompts).load()
     principles, judge, sampling = build(cfg.principles), build(cfg.judge), build(cfg.generation)
     policy, tokenizer = build(cfg.model).load()
@@ -64,9 +76,16 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
     datamodule = SteeredDataModule(cfg.data.batch_size, keys, tokenizer.pad_token_id, shuffle=cfg.data.get("shuffle", True),
                                    seed=cfg.seed)
-    module = SSOModule(policy, tokenizer, objective, build(cfg.optimizer), compile=cfg.model.get("compile", False))
+    module = SSOModule(policy, tokenizer, objective, build(cfg.optimizer), compile=cfg.model.get("compile", False),
+                       scheme=cfg.scheme)
+    if two_stage:
+        regeneration = TwoStageRegeneration(prompts.train, principles, judge, sampling, objective, run_dir / "data",
+                                            cfg.data.reference)
+    else:
+        regeneration = Regeneration(prompts.train, principles, judge, sampling, keys, run_dir / "data", cfg.data.reference,
+                                    offline, regenerate=cfg.data.get("regenerate", True))
     callbacks = [
-        Regeneration(prompts.train, principles, judge, sampling, keys, run_dir / "data", cfg.data.reference, offline),
+        regeneration,
         PolicyQuality(prompts.eval, judge, sampling),
         TrainThroughput(),
     ]
@@ -75,7 +94,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     # check_fresh guarantees no earlier metrics.csv, so the CSV logger's "will be deleted" warning is moot
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     loggers = [CSVLogger(run_dir, name="", version=""), *(build(node) for node in cfg.logger.values())]
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
+    # one epoch per iteration, two under two_stage (generator, then policy)
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=cfg.trainer.max_epochs * module.phases_per_iteration)
     try:
         trainer.fit(module, datamodule=datamodule)
     finally:

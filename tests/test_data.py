@@ -16,9 +16,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sso_lightning.data.batching import Collator, pack
 from sso_lightning.data.filtering import drop_degenerate
-from sso_lightning.data.principles import PrinciplePair, PrincipleLibrary
+from sso_lightning.data.principles import PrincipleLibrary, PrinciplePair
 from sso_lightning.data.prompts import JsonlPrompts, read_jsonl
-from sso_lightning.data.snapshot import SteeredExample, from_record, read_snapshot, to_record, write_snapshot
+from sso_lightning.data.snapshot import (
+    SteeredExample,
+    from_record,
+    read_snapshot,
+    to_record,
+    write_snapshot,
+)
 from sso_lightning.data.steering import SteeredPrompt, render_prompt, steer
 from sso_lightning.errors import ConfigError
 from sso_lightning.generation import Response, Sampling, cut_at_eos, generate, pad_batch
@@ -271,7 +277,7 @@ def test_authors_format_record_is_tokenised_with_eos(tok):
         "raw": "1 3 2",
     }
     ex = from_record(record, tok, "authors.jsonl:1")
-    ids = lambda words: tuple(tok.convert_tokens_to_ids(words.split()))  # noqa: E731
+    ids = lambda words: tuple(tok.convert_tokens_to_ids(words.split()))
     eos = tok.eos_token_id
     assert ex.responses["y+"] == Response(ids=ids("1 2 3") + (eos,), text="1 2 3", finished=True)
     assert ex.responses["y-"] == Response(ids=ids("well 3 1") + (eos,), text="well 3 1", finished=True)

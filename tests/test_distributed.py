@@ -8,9 +8,9 @@ import random
 
 import pandas as pd
 import torch
+from conftest import TINY
 from transformers import AutoModelForCausalLM
 
-from conftest import TINY
 from sso_lightning.toy.task import ToyPrompts
 
 DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]

@@ -4,13 +4,17 @@ applied to log-probs computed sequence by sequence, and training moves the param
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from sso_lightning.__main__ import CONFIG_DIR
 from sso_lightning.data.batching import Collator
 from sso_lightning.data.principles import PrinciplePair
 from sso_lightning.data.snapshot import SteeredExample
@@ -156,3 +160,69 @@ def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path):
         grads.append([p.grad for p in policy.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+# Each named variant (conf/variant) against SSO.md's formula for it, written out here by hand.
+def dpo(w: SeqLogps, l: SeqLogps, beta: float) -> torch.Tensor:
+    return -torch.nn.functional.logsigmoid(beta * ((w.policy - w.ref) - (l.policy - l.ref)))
+
+
+def ipo(w: SeqLogps, l: SeqLogps, beta: float) -> torch.Tensor:
+    h = (w.policy - w.ref) / w.length - (l.policy - l.ref) / l.length
+    return (h - 1 / (2 * beta)) ** 2
+
+
+def nll(s: SeqLogps) -> torch.Tensor:
+    return -s.policy / s.length
+
+
+def paper_formula(variant: str, s: dict, base, gamma: float, g: float, alpha: float) -> dict[str, torch.Tensor]:
+    """SSO.md: P = l(x,y+,y-); L+ = l(x+,y+,y-) + gamma*sft(x+,y+); L- = l(x-,yo,y+) + gamma*sft(x-,yo)
+    (naive: l(x-,y-,y+) + gamma*sft(x-,y-)); W = sigmoid(-(alpha*a(x,y+) + (1-alpha)*a(x,y-)))."""
+    policy = base(s["x|y+"], s["x|y-"])
+    plus = lambda: base(s["x+|y+"], s["x+|y-"]) + gamma * nll(s["x+|y+"])
+    minus = lambda: base(s["x-|yo"], s["x-|y+"]) + gamma * nll(s["x-|yo"])
+    naive = lambda: base(s["x-|y-"], s["x-|y+"]) + gamma * nll(s["x-|y-"])
+    w = lambda: torch.sigmoid(-(alpha * s["x|y+"].policy / s["x|y+"].length
+                                + (1 - alpha) * s["x|y-"].policy / s["x|y-"].length))
+    combined = {
+        "PBAA": lambda: policy, "SSO w/o W and g": lambda: policy,
+        "SSO": lambda: policy + w() * g * (plus() + minus()),
+        "SSO w/o W": lambda: policy + g * (plus() + minus()),
+        "SSO w/o g": lambda: w() * policy,
+        "+L+": lambda: policy + w() * g * plus(),
+        "+L−": lambda: policy + w() * g * minus(),
+        "SSO naive L−": lambda: policy + w() * g * (plus() + naive()),
+        "SSO offline": lambda: policy + w() * g * (plus() + minus()),
+        "PBAA offline": lambda: policy,
+        "SSO (IPO-based)": lambda: policy + w() * g * (plus() + minus()),
+        "PBAA (IPO-based)": lambda: policy,
+    }
+    if variant == "SSO two-stage":
+        return {"generator": (plus() + minus()).mean(), "policy": policy.mean()}
+    return {"combined": combined[variant]().mean()}
+
+
+VARIANT_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "variant").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", VARIANT_CONFIGS)
+def test_every_named_variant_steps_with_the_loss_of_its_sso_md_formula(world, name):
+    tokenizer, config, examples = world
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"variant={name}"])
+    objective = instantiate(cfg.loss)
+    base = {"DPO": dpo, "IPO": ipo}[type(objective.base).__name__]
+    base_loss = lambda w, l: base(w, l, cfg.loss.base.beta)
+    torch.manual_seed(0)
+    module = SSOModule(LlamaForCausalLM(config), tokenizer, objective, lambda params: None, scheme=cfg.scheme)
+    module.log_dict = lambda *a, **k: None
+    seqs = {}
+    for key in SEQUENCE_KEYS:
+        parts = [sequence_by_sequence(module.policy, ex, key) for ex in examples]
+        seqs[key] = SeqLogps(*(torch.stack([getattr(p, f).detach() for p in parts]) for f in SeqLogps._fields))
+    expected = paper_formula(cfg.variant, seqs, base_loss, cfg.loss.gamma, cfg.loss.g, cfg.loss.alpha)
+    for phase, value in expected.items():
+        module.phase = phase
+        loss = module.training_step(Collator(module.keys, tokenizer.pad_token_id)(examples), 0)
+        torch.testing.assert_close(loss.detach(), value, atol=1e-5, rtol=1e-5)

@@ -8,10 +8,15 @@ import json
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
 from conftest import TINY
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
 from sso_lightning.data.batching import Collator
 from sso_lightning.data.snapshot import read_snapshot
 from sso_lightning.losses import DPO, SSOObjective

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from conftest import ROOT, TINY
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import ROOT, TINY
 from sso_lightning.data.principle_writer import GeneratedPrinciples
 from sso_lightning.data.principles import PrincipleLibrary
 from sso_lightning.toy.tokenizer import build_toy_tokenizer

@@ -14,7 +14,14 @@ from transformers import AutoTokenizer
 from sso_lightning.errors import ConfigError
 from sso_lightning.generation import Response
 from sso_lightning.judges import ToyOracle, pair_accuracy
-from sso_lightning.toy.task import DIGITS, FILLER_WORDS, ToyPrompts, feature_scores, oracle_score, query_digits
+from sso_lightning.toy.task import (
+    DIGITS,
+    FILLER_WORDS,
+    ToyPrompts,
+    feature_scores,
+    oracle_score,
+    query_digits,
+)
 from sso_lightning.toy.teacher import Teacher
 from sso_lightning.toy.tokenizer import EOS, PAD, ROLE_TOKENS, UNK, build_toy_tokenizer
 

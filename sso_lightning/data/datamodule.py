@@ -21,8 +21,11 @@ class SteeredDataModule(L.LightningDataModule):
         self.collator = Collator(keys, pad_id)
         self.examples: list[SteeredExample] = []
 
-    def set_examples(self, examples: list[SteeredExample]) -> None:
+    def set_examples(self, examples: list[SteeredExample], keys: Sequence[str] | None = None) -> None:
+        """The next epoch's examples; ``keys`` when that epoch reads other sequences (two_stage)."""
         self.examples = examples
+        if keys is not None:
+            self.collator = Collator(keys, self.collator.pad_id)
 
     def train_dataloader(self) -> DataLoader:
         """Under several processes, our own DistributedSampler: Lightning's would always
