@@ -5,13 +5,14 @@ objective. No Lightning, no I/O."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sso_lightning.data.degrees import RESPONSES, DegreeVariants
 from sso_lightning.errors import ConfigError
 
 # (prompt, response) pairs a training batch can hold: prompt in x, x+, x-; response in y+, y-, yo.
@@ -170,6 +171,38 @@ def steering_weight(plain_chosen: SeqLogps, plain_rejected: SeqLogps, alpha: flo
     return w.detach() if detach else w
 
 
+@dataclass(frozen=True)
+class SPO:
+    """SPO's self-supervised preference-degree loss (Li et al., 2024), added to any
+    preference loss as ``weight * cross_entropy(head logits, degree labels)``. The head
+    sits on the policy's final hidden state, mean-pooled over a degree variant's response
+    tokens; ``num_degrees``, ``unit``, ``responses``, ``extractor`` and ``seed`` shape the
+    variants (see ``data.degrees``)."""
+
+    weight: float = 0.1
+    num_degrees: int = 3
+    unit: str = "count"
+    responses: str = "chosen"
+    extractor: str = "rake"
+    seed: int = 0
+    head_lr: float | None = 1e-3  # the new head's learning rate; None: the optimizer's
+
+    def __post_init__(self):
+        if not self.weight >= 0:
+            raise ConfigError(f"loss.spo.weight must be >= 0 (got {self.weight})")
+        if self.responses not in RESPONSES:
+            raise ConfigError(f"loss.spo.responses={self.responses} is not valid (valid: {', '.join(RESPONSES)})")
+        self.variants()  # checks the rest
+
+    def variants(self) -> DegreeVariants:
+        return DegreeVariants(self.num_degrees, self.unit, self.extractor, self.seed)
+
+    def __call__(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        loss = F.cross_entropy(logits.float(), labels)
+        return {"loss_degree": loss, "degree_acc": (logits.argmax(-1) == labels).float().mean()}
+
+
+AUX_LOSSES = (None, "spo")
 MINUS_FORMS = ("paper", "naive", "off")
 PHASES = ("combined", "generator", "policy")
 
@@ -184,6 +217,8 @@ class SSOObjective:
       the policy learns P alone, on the generator's pairs. W and g weigh the two against
       each other in one loss, so they play no part here.
 
+    ``aux="spo"`` adds SPO's degree loss (``spo``) in every phase.
+
     PBAA is SSOObjective(base, g=0, plus=False, minus="off", weight=False)."""
 
     base: Callable[[SeqLogps, SeqLogps], PairLoss]
@@ -195,8 +230,12 @@ class SSOObjective:
     weight: bool = True
     alpha: float = 0.66
     detach_weight: bool = False
+    aux: str | None = None
+    spo: SPO = field(default_factory=SPO)
 
     def __post_init__(self):
+        if self.aux not in AUX_LOSSES:
+            raise ConfigError(f"loss.aux={self.aux} is not valid (valid: null, spo)")
         if self.minus not in MINUS_FORMS:
             raise ConfigError(f"loss.minus must be one of {', '.join(MINUS_FORMS)} (got {self.minus!r})")
         for name in ("g", "gamma", "policy_sft"):
@@ -230,7 +269,10 @@ class SSOObjective:
                 needed |= {"x-|y-", "x-|y+"}
         return tuple(k for k in SEQUENCE_KEYS if k in needed)
 
-    def __call__(self, seqs: Mapping[str, SeqLogps], phase: str = "combined") -> dict[str, Tensor]:
+    def __call__(
+        self, seqs: Mapping[str, SeqLogps], phase: str = "combined", degrees: tuple[Tensor, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """``degrees``: the degree head's logits and the labels, required with aux=spo."""
         missing = [k for k in self.required_sequences(phase) if k not in seqs]
         if missing:
             raise KeyError(f"SSOObjective needs sequences {missing} (has {sorted(seqs)})")
@@ -260,6 +302,12 @@ class SSOObjective:
             else:
                 total = policy * w if w is not None else policy
         out = {"loss": total.mean(), **{k: v.detach().mean() for k, v in terms.items()}}
+        if self.aux == "spo":
+            if degrees is None:
+                raise ValueError("loss.aux=spo needs the degree head's logits and labels")
+            degree = self.spo(*degrees)
+            out["loss"] = out["loss"] + self.spo.weight * degree["loss_degree"]
+            out.update({k: v.detach() for k, v in degree.items()})
         if w is not None:
             out["W"] = w.detach().mean()
         for name, pair in pairs.items():

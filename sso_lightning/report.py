@@ -129,11 +129,24 @@ def labels(jobs: list[Job]) -> dict[int, str]:
     return out
 
 
-def baselines(jobs: list[Job]) -> dict[str, str]:
-    """Label -> the label it is compared with: PBAA under the same other overrides (e.g. the
-    same bad_errors setting) when the sweep ran it, else the sweep's first variant."""
+def baselines(jobs: list[Job], against: str | None = None) -> dict[str, str]:
+    """Label -> the label it is compared with. By default PBAA under the same other
+    overrides (e.g. the same bad_errors setting) when the sweep ran it, else the sweep's
+    first variant. ``against="key=value"`` compares each run with the same variant and
+    overrides except ``key`` set to ``value`` (e.g. ``loss.spo.weight=0``: with and without)."""
     label_of, shown = labels(jobs), varying_overrides(jobs)
     finished = [job for job in jobs if job.problem is None]
+    if against is not None:
+        key = _override_key(against)
+        if not any(_override_key(o) == key for job in jobs for o in shown[job.number].split()):
+            raise ReportError(f"--against {against}: {key} does not vary across the sweep")
+
+        def swap(text: str) -> str:
+            return " ".join(against if _override_key(o) == key else o for o in text.split())
+
+        found = {(job.variant, shown[job.number]): label_of[job.number] for job in finished}
+        return {label_of[job.number]: found.get((job.variant, swap(shown[job.number])), label_of[job.number])
+                for job in jobs}
     pbaa = {shown[job.number]: label_of[job.number] for job in finished if job.variant == "PBAA"}
     first = label_of[finished[0].number]
     return {label_of[job.number]: pbaa.get(shown[job.number], first) for job in jobs}
@@ -383,14 +396,15 @@ def wandb_report(sweep_dir: Path, jobs: list[Job], table: str, verdict_text: str
     print(f"W&B report: {report.url}")
 
 
-def make_report(sweep_dir: Path) -> Path:
+def make_report(sweep_dir: Path, against: str | None = None) -> Path:
     """Everything above, in order; returns the path of report.md."""
     jobs = collect_jobs(sweep_dir)
+    baseline_of = baselines(jobs, against)
     label_of = labels(jobs)
     stats = summary_table(run_table(jobs, label_of))
     rows = epoch_rows(jobs, label_of)
     means = epoch_means(rows)
-    verdict_text = verdict(stats, baselines(jobs))
+    verdict_text = verdict(stats, baseline_of)
     for name, png in plots(means, epoch_spread(rows)).items():
         write_atomic(sweep_dir / name, png)
     write_atomic(sweep_dir / "verdict.txt", verdict_text + "\n")
@@ -406,9 +420,11 @@ def make_report(sweep_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sso_lightning.report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", type=Path, help="a directory written by `python -m sso_lightning -m ...`")
+    parser.add_argument("--against", metavar="KEY=VALUE",
+                        help="compare each run with the same one at KEY=VALUE (e.g. loss.spo.weight=0) instead of with PBAA")
     args = parser.parse_args(argv)
     try:
-        make_report(args.multirun_dir)
+        make_report(args.multirun_dir, args.against)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

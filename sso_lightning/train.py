@@ -26,6 +26,7 @@ from sso_lightning.callbacks import (
     TwoStageRegeneration,
 )
 from sso_lightning.data.datamodule import SteeredDataModule
+from sso_lightning.data.degrees import DegreeRows
 from sso_lightning.data.snapshot import read_snapshot
 from sso_lightning.data.steering import require_chat_template
 from sso_lightning.errors import ConfigError
@@ -74,8 +75,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     policy, tokenizer = build(cfg.model).load()
     require_chat_template(tokenizer)  # fail before the trainer starts
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
+    degree_rows = DegreeRows(objective.spo.variants(), objective.spo.responses, tokenizer) if objective.aux == "spo" else None
     datamodule = SteeredDataModule(cfg.data.batch_size, keys, tokenizer.pad_token_id, shuffle=cfg.data.get("shuffle", True),
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, degree_rows=degree_rows)
     module = SSOModule(policy, tokenizer, objective, build(cfg.optimizer), compile=cfg.model.get("compile", False),
                        scheme=cfg.scheme)
     if two_stage:

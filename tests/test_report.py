@@ -133,6 +133,25 @@ def test_baseline_is_the_variant_called_pbaa(tmp_path):
     assert "SSO: final eval/quality is higher than PBAA by 0.1000 (one seed: no noise estimate)." in text
 
 
+def test_baselines_pbaa_under_the_same_overrides_or_against_a_given_value(tmp_path):
+    jobs = []
+    for variant, quality in (("PBAA", 0.6), ("SSO", 0.7)):
+        for errors in ("subtle", "blatant"):
+            for seed in (1, 2):
+                jobs.append(([f"variant={variant.lower()}", f"model.teacher.bad_errors={errors}", f"seed={seed}"],
+                             quality, 0.9, 0.1, {"variant": variant}))
+    found = report.collect_jobs(sweep_dir(tmp_path, jobs))
+    assert report.baselines(found) == {
+        f"{v} (model.teacher.bad_errors={e})": f"PBAA (model.teacher.bad_errors={e})"
+        for v in ("PBAA", "SSO") for e in ("subtle", "blatant")
+    }
+    against = report.baselines(found, "model.teacher.bad_errors=blatant")
+    assert against["SSO (model.teacher.bad_errors=subtle)"] == "SSO (model.teacher.bad_errors=blatant)"
+    assert against["PBAA (model.teacher.bad_errors=blatant)"] == "PBAA (model.teacher.bad_errors=blatant)"
+    with pytest.raises(report.ReportError, match="--against loss.gamma=0: loss.gamma does not vary across the sweep"):
+        report.baselines(found, "loss.gamma=0")
+
+
 def test_report_files_and_missing_jobs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     sweep = sweep_dir(tmp_path, [

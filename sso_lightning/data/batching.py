@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from sso_lightning.data.degrees import DegreeRows
 from sso_lightning.data.snapshot import SteeredExample
 
 
@@ -19,12 +20,16 @@ def split_key(key: str) -> tuple[str, str]:
     return prompt, response
 
 
-def pack(examples: Sequence[SteeredExample], keys: Sequence[str], pad_id: int) -> dict[str, torch.Tensor]:
+def sequence_pairs(examples: Sequence[SteeredExample], keys: Sequence[str]) -> list[tuple[Sequence[int], Sequence[int]]]:
     pairs = []
     for key in keys:
         prompt_key, response_key = split_key(key)
         pairs += [(ex.prompt.ids[prompt_key], ex.responses[response_key].ids) for ex in examples]
-    return pack_pairs(pairs, pad_id)
+    return pairs
+
+
+def pack(examples: Sequence[SteeredExample], keys: Sequence[str], pad_id: int) -> dict[str, torch.Tensor]:
+    return pack_pairs(sequence_pairs(examples, keys), pad_id)
 
 
 def pack_pairs(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -44,12 +49,20 @@ def pack_pairs(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int
 
 class Collator:
     """DataLoader collate_fn for the sequence keys a configured objective reads,
-    with their stored reference log-probs as ``ref`` [K, B]."""
+    with their stored reference log-probs as ``ref`` [K, B]. With ``degree_rows`` (SPO),
+    the degree variants follow as further rows of the same forward, labelled in
+    ``degree_labels``."""
 
-    def __init__(self, keys: Sequence[str], pad_id: int):
-        self.keys, self.pad_id = tuple(keys), pad_id
+    def __init__(self, keys: Sequence[str], pad_id: int, degree_rows: DegreeRows | None = None):
+        self.keys, self.pad_id, self.degree_rows = tuple(keys), pad_id, degree_rows
 
     def __call__(self, examples: Sequence[SteeredExample]) -> dict[str, torch.Tensor]:
-        batch = pack(examples, self.keys, self.pad_id)
+        pairs = sequence_pairs(examples, self.keys)
+        if self.degree_rows is not None:
+            degree_pairs, labels = self.degree_rows(examples)
+            pairs += degree_pairs
+        batch = pack_pairs(pairs, self.pad_id)
         batch["ref"] = torch.tensor([[ex.ref_logps[k] for ex in examples] for k in self.keys], dtype=torch.float32)
+        if self.degree_rows is not None:
+            batch["degree_labels"] = torch.tensor(labels, dtype=torch.long)
         return batch

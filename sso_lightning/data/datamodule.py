@@ -9,23 +9,25 @@ import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sso_lightning.data.batching import Collator
+from sso_lightning.data.degrees import DegreeRows
 from sso_lightning.data.snapshot import SteeredExample
 
 
 class SteeredDataModule(L.LightningDataModule):
     def __init__(
-        self, batch_size: int, keys: Sequence[str], pad_id: int, shuffle: bool = True, seed: int = 0, num_workers: int = 0
+        self, batch_size: int, keys: Sequence[str], pad_id: int, shuffle: bool = True, seed: int = 0, num_workers: int = 0,
+        degree_rows: DegreeRows | None = None,
     ):
         super().__init__()
         self.batch_size, self.shuffle, self.seed, self.num_workers = batch_size, shuffle, seed, num_workers
-        self.collator = Collator(keys, pad_id)
+        self.collator = Collator(keys, pad_id, degree_rows)
         self.examples: list[SteeredExample] = []
 
     def set_examples(self, examples: list[SteeredExample], keys: Sequence[str] | None = None) -> None:
         """The next epoch's examples; ``keys`` when that epoch reads other sequences (two_stage)."""
         self.examples = examples
         if keys is not None:
-            self.collator = Collator(keys, self.collator.pad_id)
+            self.collator = Collator(keys, self.collator.pad_id, self.collator.degree_rows)
 
     def train_dataloader(self) -> DataLoader:
         """Under several processes, our own DistributedSampler: Lightning's would always
