@@ -300,7 +300,8 @@ class TrainThroughput(L.Callback):
     second of training steps) and ``perf/peak_mem_mb`` (GPU peak, or process RSS peak on CPU)."""
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.tokens, self.seconds = 0, 0.0
+        # the phase as the epoch ran: regeneration may switch it in its own epoch-end hook
+        self.tokens, self.seconds, self.phase = 0, 0.0, pl_module.phase
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.sync(pl_module)
@@ -312,7 +313,7 @@ class TrainThroughput(L.Callback):
         self.tokens += int(batch["attention_mask"].sum())
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if pl_module.phase == "generator":  # two_stage: the generator's own speed; the peak comes with the policy's
+        if self.phase == "generator":  # two_stage: the generator's own speed; the peak comes with the policy's
             if self.seconds > 0:
                 log_epoch_metrics(trainer, {"perf/generator_tokens_per_s": self.tokens / self.seconds}, pl_module.iteration)
             return

@@ -104,6 +104,10 @@ def test_two_stage_run_writes_both_snapshots_and_logs_per_iteration(cli, tmp_pat
     assert set(policy_data["ref_logps"]) == {"x|y+", "x|y-"}
     table = pd.read_csv(run_dir / "epochs.csv", index_col="epoch")
     assert list(table.index) == [0, 1, 2]  # iterations, not Lightning's two epochs per iteration
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    for speed, phase in (("perf/generator_tokens_per_s", "generator/loss"), ("perf/train_tokens_per_s", "train/loss")):
+        phase_ends = metrics.loc[metrics[phase].notna()].groupby("epoch")["step"].max() + 1
+        assert metrics.loc[metrics[speed].notna(), "step"].tolist() == phase_ends.tolist(), speed  # its own phase's end
     for column in ("generator/loss", "generator/loss_plus", "generator/loss_minus", "train/loss", "train/acc_policy",
                    "steering/pair_accuracy", "data/pair_accuracy", "data/onpolicy_prob_rejected"):
         assert table[column].iloc[:2].notna().all(), column
