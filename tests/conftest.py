@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sso_lightning.data.principles import PrinciplePair
+from sso_lightning.data.snapshot import SteeredExample
+from sso_lightning.data.steering import steer
+from sso_lightning.generation import Response
+from sso_lightning.losses import SEQUENCE_KEYS
+from sso_lightning.toy.task import DIGITS, FILLER_WORDS, QUERY_WORD
+from sso_lightning.toy.tokenizer import build_toy_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,3 +45,42 @@ def cli(cache_dir):
         )
 
     return run
+
+
+def tiny_llama_config(tokenizer, max_positions: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+def steered_world(num_examples: int, query_digits: tuple[int, int], answer_digits: tuple[int, int]):
+    """A toy tokenizer, a tiny Llama config and seeded steered examples with random digit
+    answers and random stored reference log-probs: (tokenizer, config, examples)."""
+    tokenizer = build_toy_tokenizer(["sort give only the digits talk a lot", *map(str, range(10))])
+    torch.manual_seed(0)
+    config = tiny_llama_config(tokenizer, max_positions=64)
+    rng = random.Random(0)
+    examples = []
+    for _ in range(num_examples):
+        query = "sort " + " ".join(str(rng.randrange(10)) for _ in range(rng.randint(*query_digits)))
+        prompt = steer(tokenizer, query, PrinciplePair(("concision",), "give only the digits", "talk a lot"))
+
+        def answer():
+            words = [str(rng.randrange(10)) for _ in range(rng.randint(*answer_digits))]
+            return Response(tuple(tokenizer.convert_tokens_to_ids(words)) + (tokenizer.eos_token_id,), " ".join(words), True)
+
+        examples.append(SteeredExample(prompt, {"y+": answer(), "y-": answer(), "yo": answer()},
+                                       ref_logps={k: -rng.uniform(2, 20) for k in SEQUENCE_KEYS}))
+    return tokenizer, config, examples
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama and a toy tokenizer, saved like a downloaded model."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    principles = "list the digits from small to large in a random order keep every of question leave out some give only talk lot before"
+    tokenizer = build_toy_tokenizer([QUERY_WORD, *DIGITS, *FILLER_WORDS, principles])
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(tokenizer, max_positions=128)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

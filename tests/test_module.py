@@ -3,26 +3,21 @@ applied to log-probs computed sequence by sequence, and training moves the param
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import steered_world
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from sso_lightning.__main__ import CONFIG_DIR
 from sso_lightning.data.batching import Collator
-from sso_lightning.data.principles import PrinciplePair
-from sso_lightning.data.snapshot import SteeredExample
-from sso_lightning.data.steering import steer
-from sso_lightning.generation import Response
 from sso_lightning.losses import DPO, IPO, SEQUENCE_KEYS, SeqLogps, SimPO, SSOObjective
 from sso_lightning.module import SSOModule
-from sso_lightning.toy.tokenizer import build_toy_tokenizer
 
 VARIANTS = {
     "sso": SSOObjective(DPO(0.1)),
@@ -39,24 +34,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def world():
-    tokenizer = build_toy_tokenizer(["sort give only the digits talk a lot", *map(str, range(10))])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    rng = random.Random(0)
-    examples = []
-    for _ in range(8):
-        query = "sort " + " ".join(str(rng.randrange(10)) for _ in range(rng.randint(2, 5)))
-        prompt = steer(tokenizer, query, PrinciplePair(("concision",), "give only the digits", "talk a lot"))
-
-        def answer():
-            words = [str(rng.randrange(10)) for _ in range(rng.randint(1, 6))]
-            return Response(tuple(tokenizer.convert_tokens_to_ids(words)) + (tokenizer.eos_token_id,), " ".join(words), True)
-
-        examples.append(SteeredExample(prompt, {"y+": answer(), "y-": answer(), "yo": answer()},
-                                       ref_logps={k: -rng.uniform(2, 20) for k in SEQUENCE_KEYS}))
-    return tokenizer, config, examples
+    return steered_world(8, query_digits=(2, 5), answer_digits=(1, 6))
 
 
 def sequence_by_sequence(model, example, key) -> SeqLogps:

@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 
 import lightning as L
-import pytest
 import torch
 from conftest import TINY
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 
 from sso_lightning.data.batching import Collator
@@ -23,26 +20,9 @@ from sso_lightning.losses import DPO, SSOObjective
 from sso_lightning.models import LoraSettings, PretrainedPolicy
 from sso_lightning.module import SSOModule
 from sso_lightning.scoring import score_sequences
-from sso_lightning.toy.task import DIGITS, FILLER_WORDS, QUERY_WORD
-from sso_lightning.toy.tokenizer import build_toy_tokenizer
 
 RUN = [o for o in TINY if not o.startswith("model.")] + ["data.prompts.num_train=16", "data.prompts.num_eval=8"]
 KEYS = ("x|y+", "x|y-", "x+|y+", "x+|y-", "x-|yo", "x-|y+")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random Llama and a toy tokenizer, saved like a downloaded model."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    principles = "list the digits from small to large in a random order keep every of question leave out some give only talk lot before"
-    tokenizer = build_toy_tokenizer([QUERY_WORD, *DIGITS, *FILLER_WORDS, principles])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_full_sso_run_through_name_or_path(cli, tmp_path, model_dir):

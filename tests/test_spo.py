@@ -4,14 +4,13 @@ gradients into both the head and the policy, and tiny end-to-end runs for DPO an
 from __future__ import annotations
 
 import math
-import random
 
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, steered_world
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from sso_lightning.data.batching import Collator
 from sso_lightning.data.degrees import (
@@ -20,14 +19,9 @@ from sso_lightning.data.degrees import (
     rake_items,
     remove_spans,
 )
-from sso_lightning.data.principles import PrinciplePair
-from sso_lightning.data.snapshot import SteeredExample
-from sso_lightning.data.steering import steer
 from sso_lightning.errors import ConfigError
-from sso_lightning.generation import Response
-from sso_lightning.losses import DPO, SEQUENCE_KEYS, SPO, SSOObjective
+from sso_lightning.losses import DPO, SPO, SSOObjective
 from sso_lightning.module import SSOModule
-from sso_lightning.toy.tokenizer import build_toy_tokenizer
 
 TEXT = "Paris is the capital of France. The Eiffel Tower, built in 1889, is its most visited monument."
 
@@ -105,24 +99,7 @@ def test_degree_loss_matches_a_hand_computation():
 
 @pytest.fixture(scope="module")
 def world():
-    tokenizer = build_toy_tokenizer(["sort give only the digits talk a lot well", *map(str, range(10))])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    rng = random.Random(0)
-    examples = []
-    for _ in range(6):
-        query = "sort " + " ".join(str(rng.randrange(10)) for _ in range(rng.randint(3, 6)))
-        prompt = steer(tokenizer, query, PrinciplePair(("concision",), "give only the digits", "talk a lot"))
-
-        def answer():
-            words = [str(rng.randrange(10)) for _ in range(rng.randint(3, 6))]
-            return Response(tuple(tokenizer.convert_tokens_to_ids(words)) + (tokenizer.eos_token_id,), " ".join(words), True)
-
-        examples.append(SteeredExample(prompt, {"y+": answer(), "y-": answer(), "yo": answer()},
-                                       ref_logps={k: -rng.uniform(2, 20) for k in SEQUENCE_KEYS}))
-    return tokenizer, config, examples
+    return steered_world(6, query_digits=(3, 6), answer_digits=(3, 6))
 
 
 def module_and_batch(world, aux, responses="chosen"):

@@ -11,29 +11,12 @@ import pytest
 import torch
 from conftest import TINY
 from hydra import compose, initialize_config_dir
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from sso_lightning import callbacks
 from sso_lightning.__main__ import CONFIG_DIR
-from sso_lightning.toy.task import DIGITS, FILLER_WORDS, QUERY_WORD
-from sso_lightning.toy.tokenizer import build_toy_tokenizer
 from sso_lightning.train import run
 
 RUN = [o for o in TINY if not o.startswith("model.")] + ["data.prompts.num_train=16", "data.prompts.num_eval=8"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    principles = "list the digits from small to large in a random order keep every of question leave out some give only talk lot before"
-    tokenizer = build_toy_tokenizer([QUERY_WORD, *DIGITS, *FILLER_WORDS, principles])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
