@@ -45,9 +45,8 @@ def multirun_dir() -> Path | None:
 
 def wandb_logger(project: str, save_dir: str, name: str | None = None, group: str | None = None, **kwargs) -> WandbLogger:
     """``group`` defaults to the sweep's group under ``-m`` (see ``sweep_group``)."""
-    from lightning.pytorch.loggers import (
-        WandbLogger,  # here: the report imports this module and needs no Lightning
-    )
+    # imported here: the report imports this module and needs no Lightning
+    from lightning.pytorch.loggers import WandbLogger
 
     if group is None and (sweep := multirun_dir()) is not None:
         group = sweep_group(sweep)

@@ -23,11 +23,10 @@ class SteeredDataModule(L.LightningDataModule):
         self.collator = Collator(keys, pad_id, degree_rows)
         self.examples: list[SteeredExample] = []
 
-    def set_examples(self, examples: list[SteeredExample], keys: Sequence[str] | None = None) -> None:
-        """The next epoch's examples; ``keys`` when that epoch reads other sequences (two_stage)."""
+    def set_examples(self, examples: list[SteeredExample], keys: Sequence[str]) -> None:
+        """The next epoch's examples and the sequences it reads (under two_stage they change per phase)."""
         self.examples = examples
-        if keys is not None:
-            self.collator = Collator(keys, self.collator.pad_id, self.collator.degree_rows)
+        self.collator = Collator(keys, self.collator.pad_id, self.collator.degree_rows)
 
     def train_dataloader(self) -> DataLoader:
         """Under several processes, our own DistributedSampler: Lightning's would always
