@@ -44,8 +44,14 @@ def log_epoch_metrics(trainer: L.Trainer, metrics: dict[str, float], epoch: int)
 
 def progress(trainer: L.Trainer, total: int, description: str) -> Tqdm:
     """A bar in Lightning's own style, shown when the trainer shows its progress bar."""
-    return Tqdm(total=total, desc=description, disable=trainer.progress_bar_callback is None, leave=False,
-                file=sys.stderr, dynamic_ncols=True)
+    return Tqdm(
+        total=total,
+        desc=description,
+        disable=trainer.progress_bar_callback is None,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 class Regeneration(L.Callback):
@@ -57,9 +63,17 @@ class Regeneration(L.Callback):
     trains on what the initial policy generated before the first."""
 
     def __init__(
-        self, queries: Sequence[str], principles: PrincipleLibrary, judge: Judge, sampling: Sampling,
-        keys: Sequence[str], snapshot_dir: str | Path, reference: str = "iteration",
-        offline_examples: list[SteeredExample] | None = None, score_batch_size: int = 64, regenerate: bool = True,
+        self,
+        queries: Sequence[str],
+        principles: PrincipleLibrary,
+        judge: Judge,
+        sampling: Sampling,
+        keys: Sequence[str],
+        snapshot_dir: str | Path,
+        reference: str = "iteration",
+        offline_examples: list[SteeredExample] | None = None,
+        score_batch_size: int = 64,
+        regenerate: bool = True,
     ):
         if reference not in REFERENCES:
             raise ConfigError(f"data.reference={reference} is not valid (valid: {', '.join(REFERENCES)})")
@@ -116,8 +130,14 @@ class Regeneration(L.Callback):
             for i, p in enumerate(prompts)
         ]
         kept, dropped = drop_degenerate(examples, tokenizer.eos_token_id)
-        counts = Counter(dropped, examples=len(examples), kept=len(kept), responses=len(outputs),
-                         finished=sum(r.finished for r in outputs), tokens=sum(len(r.ids) for r in outputs))
+        counts = Counter(
+            dropped,
+            examples=len(examples),
+            kept=len(kept),
+            responses=len(outputs),
+            finished=sum(r.finished for r in outputs),
+            tokens=sum(len(r.ids) for r in outputs),
+        )
         per_rank = gather([(counts, seconds)], trainer)
         total = sum((c for c, _ in per_rank), Counter())
         if not total["kept"]:
@@ -147,8 +167,15 @@ class Regeneration(L.Callback):
             self.initial_policy.cpu()
 
     def prepare(
-        self, trainer, pl_module, examples: list[SteeredExample], epoch: int, extra: dict,
-        keys: Sequence[str] | None = None, snapshot: str | None = None, prefix: str = "data",
+        self,
+        trainer,
+        pl_module,
+        examples: list[SteeredExample],
+        epoch: int,
+        extra: dict,
+        keys: Sequence[str] | None = None,
+        snapshot: str | None = None,
+        prefix: str = "data",
     ) -> None:
         """This rank's share: judge (always with the configured judge, also for files that
         carry scores), attach reference log-probs of ``keys`` (default: the objective's),
@@ -171,11 +198,18 @@ class Regeneration(L.Callback):
             ex.ref_logps = {k: float(reference[k][0][i]) for k in scored}
         prob = {k: torch.exp(on_policy[k][0] / on_policy[k][1].clamp(min=1)).tolist() for k in PLAIN_KEYS}
         judged = all({"y+", "y-"} <= set(ex.scores) for ex in examples)
-        preferences = pair_preferences(
-            self.judge, [ex.prompt.query for ex in examples],
-            [ex.responses["y+"] for ex in examples], [ex.responses["y-"] for ex in examples],
-            chosen_scores=[ex.scores["y+"] for ex in examples], rejected_scores=[ex.scores["y-"] for ex in examples],
-        ) if judged else [None] * len(examples)
+        preferences = (
+            pair_preferences(
+                self.judge,
+                [ex.prompt.query for ex in examples],
+                [ex.responses["y+"] for ex in examples],
+                [ex.responses["y-"] for ex in examples],
+                chosen_scores=[ex.scores["y+"] for ex in examples],
+                rejected_scores=[ex.scores["y-"] for ex in examples],
+            )
+            if judged
+            else [None] * len(examples)
+        )
 
         examples = gather(examples, trainer)
         stats = gather(list(zip(prob["x|y+"], prob["x|y-"], preferences)), trainer)
@@ -209,10 +243,27 @@ class TwoStageRegeneration(Regeneration):
     the policy. Under LoRA only the adapters are set aside: generator and policy are two
     adapter sets on one frozen base, and the generator lives only for its iteration."""
 
-    def __init__(self, queries, principles, judge, sampling, objective, snapshot_dir, reference="iteration",
-                 score_batch_size: int = 64):
-        super().__init__(queries, principles, judge, sampling, objective.required_sequences("policy"), snapshot_dir,
-                         reference, score_batch_size=score_batch_size)
+    def __init__(
+        self,
+        queries,
+        principles,
+        judge,
+        sampling,
+        objective,
+        snapshot_dir,
+        reference="iteration",
+        score_batch_size: int = 64,
+    ):
+        super().__init__(
+            queries,
+            principles,
+            judge,
+            sampling,
+            objective.required_sequences("policy"),
+            snapshot_dir,
+            reference,
+            score_batch_size=score_batch_size,
+        )
         self.generator_keys = objective.required_sequences("generator")
         self.prompts, self.policy_state = [], None
 
@@ -231,8 +282,16 @@ class TwoStageRegeneration(Regeneration):
     def start_generator_phase(self, trainer, pl_module, iteration: int) -> None:
         self.prompts = self.steered_shard(trainer, pl_module.tokenizer)
         kept, extra = self.sample(trainer, pl_module, self.prompts, RESPONSE_PROMPTS, iteration)
-        self.prepare(trainer, pl_module, kept, iteration, extra, keys=self.generator_keys,
-                     snapshot=f"epoch_{iteration}_generator.jsonl", prefix="steering")
+        self.prepare(
+            trainer,
+            pl_module,
+            kept,
+            iteration,
+            extra,
+            keys=self.generator_keys,
+            snapshot=f"epoch_{iteration}_generator.jsonl",
+            prefix="steering",
+        )
         self.policy_state = set_aside(pl_module.policy, trainer.optimizers[0])
         pl_module.phase = "generator"
 
@@ -250,8 +309,10 @@ def set_aside(model, optimizer) -> dict:
     weights = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
     state = optimizer.state_dict()
     state = {
-        "state": {i: {k: v.to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in s.items()}
-                  for i, s in state["state"].items()},
+        "state": {
+            i: {k: v.to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in s.items()}
+            for i, s in state["state"].items()
+        },
         "param_groups": copy.deepcopy(state["param_groups"]),
     }
     optimizer.state.clear()
@@ -315,7 +376,9 @@ class TrainThroughput(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if self.phase == "generator":  # two_stage: the generator's own speed; the peak comes with the policy's
             if self.seconds > 0:
-                log_epoch_metrics(trainer, {"perf/generator_tokens_per_s": self.tokens / self.seconds}, pl_module.iteration)
+                log_epoch_metrics(
+                    trainer, {"perf/generator_tokens_per_s": self.tokens / self.seconds}, pl_module.iteration
+                )
             return
         if pl_module.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**20

@@ -199,7 +199,9 @@ class RewardModelJudge(_HFJudge):
         out: list[float] = []
         with torch.inference_mode():
             for start in range(0, len(rows), self.batch_size):
-                ids, mask = pad_batch(rows[start : start + self.batch_size], tokenizer.pad_token_id, device, side="right")
+                ids, mask = pad_batch(
+                    rows[start : start + self.batch_size], tokenizer.pad_token_id, device, side="right"
+                )
                 logits = model(input_ids=ids, attention_mask=mask).logits
                 out.extend(float(x) for x in logits[:, 0].float().cpu())
         return out
@@ -252,7 +254,11 @@ class LLMJudge(_HFJudge):
     """
 
     def __init__(
-        self, name_or_path: str, batch_size: int = 8, max_length: int = 4096, dtype: str = "auto",
+        self,
+        name_or_path: str,
+        batch_size: int = 8,
+        max_length: int = 4096,
+        dtype: str = "auto",
         mode: str = "probability",
     ):
         if mode not in ("probability", "vote"):

@@ -24,7 +24,9 @@ def wandb_has_key() -> bool:
 
 
 def wandb_online() -> bool:
-    return os.environ.get("WANDB_MODE") == "online" or (os.environ.get("WANDB_MODE") not in ("offline", "disabled") and wandb_has_key())
+    return os.environ.get("WANDB_MODE") == "online" or (
+        os.environ.get("WANDB_MODE") not in ("offline", "disabled") and wandb_has_key()
+    )
 
 
 def sweep_group(sweep_dir: str | Path) -> str:
@@ -43,11 +45,15 @@ def multirun_dir() -> Path | None:
     return Path(HydraConfig.get().sweep.dir)
 
 
-def wandb_logger(project: str, save_dir: str, name: str | None = None, group: str | None = None, **kwargs) -> WandbLogger:
+def wandb_logger(
+    project: str, save_dir: str, name: str | None = None, group: str | None = None, **kwargs
+) -> WandbLogger:
     """``group`` defaults to the sweep's group under ``-m`` (see ``sweep_group``)."""
     # imported here: the report imports this module and needs no Lightning
     from lightning.pytorch.loggers import WandbLogger
 
     if group is None and (sweep := multirun_dir()) is not None:
         group = sweep_group(sweep)
-    return WandbLogger(project=project, save_dir=save_dir, name=name or None, group=group, offline=not wandb_online(), **kwargs)
+    return WandbLogger(
+        project=project, save_dir=save_dir, name=name or None, group=group, offline=not wandb_online(), **kwargs
+    )

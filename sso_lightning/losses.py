@@ -69,7 +69,9 @@ class _TokenLogProbs(torch.autograd.Function):
         return grad, None, None, None
 
 
-def sequence_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor, chunk_size: int = 2048) -> tuple[Tensor, Tensor]:
+def sequence_logps(
+    logits: Tensor, input_ids: Tensor, response_mask: Tensor, chunk_size: int = 2048
+) -> tuple[Tensor, Tensor]:
     """Summed log-probs and lengths (float32 [N]) of the masked tokens of each row.
 
     logits [N, T, V] (any float dtype), input_ids and response_mask [N, T]. Token t is
@@ -163,7 +165,9 @@ def sft(seq: SeqLogps) -> Tensor:
     return -seq.mean()
 
 
-def steering_weight(plain_chosen: SeqLogps, plain_rejected: SeqLogps, alpha: float = 0.66, detach: bool = False) -> Tensor:
+def steering_weight(
+    plain_chosen: SeqLogps, plain_rejected: SeqLogps, alpha: float = 0.66, detach: bool = False
+) -> Tensor:
     """W = sigmoid(-(alpha a(x,y+) + (1-alpha) a(x,y-))) on the plain query x: near 1 for
     off-policy pairs, toward 0.5 for on-policy ones. Attached to the graph (as in the
     authors' code) unless ``detach``."""
@@ -270,7 +274,10 @@ class SSOObjective:
         return tuple(k for k in SEQUENCE_KEYS if k in needed)
 
     def __call__(
-        self, seqs: Mapping[str, SeqLogps], phase: str = "combined", degrees: tuple[Tensor, Tensor] | None = None,
+        self,
+        seqs: Mapping[str, SeqLogps],
+        phase: str = "combined",
+        degrees: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """``degrees``: the degree head's logits and the labels, required with aux=spo."""
         missing = [k for k in self.required_sequences(phase) if k not in seqs]

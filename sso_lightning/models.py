@@ -46,8 +46,9 @@ class LoraSettings:
         if self.r < 1:
             raise ConfigError(f"model.lora.r must be >= 1 (got {self.r})")
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-                            task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets, task_type="CAUSAL_LM"
+        )
         try:
             return get_peft_model(model, config)
         except ValueError as e:

@@ -26,14 +26,22 @@ from sso_lightning.losses import SeqLogps, SSOObjective, sequence_logps
 
 class SSOModule(L.LightningModule):
     def __init__(
-        self, policy, tokenizer, objective: SSOObjective, optimizer: Callable[..., torch.optim.Optimizer],
-        compile: bool = False, compile_backend: str = "inductor", scheme: str = "combined",
+        self,
+        policy,
+        tokenizer,
+        objective: SSOObjective,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        scheme: str = "combined",
     ):
         super().__init__()
         self.policy, self.tokenizer, self.objective, self.make_optimizer = policy, tokenizer, objective, optimizer
         # compiled for training steps only: generation calls the plain module with changing shapes.
         # A compiled bound method, not a module attribute, so state_dict holds the policy once.
-        self.policy_forward = torch.compile(self._policy_forward, backend=compile_backend) if compile else self._policy_forward
+        self.policy_forward = (
+            torch.compile(self._policy_forward, backend=compile_backend) if compile else self._policy_forward
+        )
         self.degree_head = None
         if objective.aux == "spo":
             self.degree_head = torch.nn.Linear(policy.config.hidden_size, objective.spo.num_degrees + 1)
@@ -74,7 +82,9 @@ class SSOModule(L.LightningModule):
 
     def _policy_forward(self, input_ids, attention_mask, hidden: bool):
         """Logits, and the final hidden state when the degree head needs it."""
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=hidden)
+        out = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=hidden
+        )
         return out.logits, out.hidden_states[-1] if hidden else None
 
     def configure_optimizers(self):

@@ -58,7 +58,11 @@ def read_job(path: Path) -> Job:
     ${hydra:...} only resolve inside the job's own Hydra context."""
     hydra = path / ".hydra"
     overrides = tuple(OmegaConf.load(hydra / "overrides.yaml")) if (hydra / "overrides.yaml").exists() else ()
-    config = OmegaConf.to_container(OmegaConf.load(hydra / "config.yaml"), resolve=False) if (hydra / "config.yaml").exists() else {}
+    config = (
+        OmegaConf.to_container(OmegaConf.load(hydra / "config.yaml"), resolve=False)
+        if (hydra / "config.yaml").exists()
+        else {}
+    )
     variant = config.get("variant")
     wandb = (config.get("logger") or {}).get("wandb") or {}
     project = wandb.get("project") if isinstance(wandb, dict) else None
@@ -71,8 +75,14 @@ def read_job(path: Path) -> Job:
     else:
         problem = None
     epochs = pd.read_csv(path / "epochs.csv", index_col="epoch") if problem is None else None
-    return Job(int(path.name), tuple(map(str, overrides)), None if variant is None else str(variant),
-               project if isinstance(project, str) else None, epochs, problem)
+    return Job(
+        int(path.name),
+        tuple(map(str, overrides)),
+        None if variant is None else str(variant),
+        project if isinstance(project, str) else None,
+        epochs,
+        problem,
+    )
 
 
 def collect_jobs(sweep_dir: Path) -> list[Job]:
@@ -82,8 +92,10 @@ def collect_jobs(sweep_dir: Path) -> list[Job]:
         raise ReportError(f"{sweep_dir} does not exist or is not a directory")
     paths = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     if not paths:
-        raise ReportError(f"{sweep_dir} has no job subdirectories (0/, 1/, ...); expected a multirun directory "
-                          "from `python -m sso_lightning -m ...`")
+        raise ReportError(
+            f"{sweep_dir} has no job subdirectories (0/, 1/, ...); expected a multirun directory "
+            "from `python -m sso_lightning -m ...`"
+        )
     jobs = [read_job(p) for p in paths]
     if all(job.problem for job in jobs):
         failed = sum(job.problem != "unfinished" for job in jobs)
@@ -145,8 +157,10 @@ def baselines(jobs: list[Job], against: str | None = None) -> dict[str, str]:
             return " ".join(against if _override_key(o) == key else o for o in text.split())
 
         found = {(job.variant, shown[job.number]): label_of[job.number] for job in finished}
-        return {label_of[job.number]: found.get((job.variant, swap(shown[job.number])), label_of[job.number])
-                for job in jobs}
+        return {
+            label_of[job.number]: found.get((job.variant, swap(shown[job.number])), label_of[job.number])
+            for job in jobs
+        }
     pbaa = {shown[job.number]: label_of[job.number] for job in finished if job.variant == "PBAA"}
     first = label_of[finished[0].number]
     return {label_of[job.number]: pbaa.get(shown[job.number], first) for job in jobs}
@@ -186,8 +200,11 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def epoch_rows(jobs: list[Job], label_of: dict[int, str]) -> pd.DataFrame:
     """The per-iteration metrics of every finished job, one row per (job, epoch), labelled."""
-    frames = [job.epochs.reindex(columns=EPOCH_METRICS).assign(label=label_of[job.number])
-              for job in jobs if job.epochs is not None]
+    frames = [
+        job.epochs.reindex(columns=EPOCH_METRICS).assign(label=label_of[job.number])
+        for job in jobs
+        if job.epochs is not None
+    ]
     return pd.concat(frames).reset_index()
 
 
@@ -240,8 +257,10 @@ def verdict(stats: pd.DataFrame, baseline_of: dict[str, str] | None = None) -> s
     ranked = stats[(QUALITY, "mean")].dropna().sort_values(ascending=False)
     if len(ranked) >= 2:
         best, runner_up = ranked.index[:2]
-        lines.append(f"Highest final {QUALITY}: {best} ({ranked.iloc[0]:.3f}), "
-                     f"{_compare(stats, QUALITY, best, runner_up, f'runner-up {runner_up}')}.")
+        lines.append(
+            f"Highest final {QUALITY}: {best} ({ranked.iloc[0]:.3f}), "
+            f"{_compare(stats, QUALITY, best, runner_up, f'runner-up {runner_up}')}."
+        )
     elif len(ranked) == 1:
         lines.append(f"Only one variant ({ranked.index[0]}): nothing to compare.")
     return "\n".join(lines)
@@ -278,7 +297,9 @@ def plots(means: pd.DataFrame, spread: pd.DataFrame) -> dict[str, bytes]:
     pairs, bx = plt.subplots(figsize=(6.5, 4))
     for i, label in enumerate(variants):
         points = means.loc[label, [REJECTED, ACCURACY]].dropna()
-        bx.scatter(points[REJECTED], points[ACCURACY], marker=markers[i % len(markers)], label=label, color=f"C{i}", alpha=0.8)
+        bx.scatter(
+            points[REJECTED], points[ACCURACY], marker=markers[i % len(markers)], label=label, color=f"C{i}", alpha=0.8
+        )
         for epoch, (x, y) in points.iterrows():
             bx.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=f"C{i}")
     bx.set(xlabel=f"on-policy probability of y- ({REJECTED})", ylabel=f"pair accuracy ({ACCURACY})")
@@ -319,51 +340,63 @@ def epoch_table_md(means: pd.DataFrame) -> str:
 
 
 def missing_section(jobs: list[Job]) -> str:
-    missing = [f"- job {job.number} ({' '.join(job.overrides) or 'no overrides'}): {job.problem}" for job in jobs if job.problem]
+    missing = [
+        f"- job {job.number} ({' '.join(job.overrides) or 'no overrides'}): {job.problem}"
+        for job in jobs
+        if job.problem
+    ]
     return "\n".join(missing) or "none"
 
 
-def report_markdown(sweep_dir: Path, jobs: list[Job], stats: pd.DataFrame, means: pd.DataFrame, verdict_text: str) -> str:
+def report_markdown(
+    sweep_dir: Path, jobs: list[Job], stats: pd.DataFrame, means: pd.DataFrame, verdict_text: str
+) -> str:
     command = sweep_command(sweep_dir)
     finished = sum(job.problem is None for job in jobs)
-    return "\n".join([
-        f"# SSO ablation report: {sweep_dir.name}",
-        "",
-        f"Sweep directory: `{sweep_dir}`",
-        "",
-        f"Reproduce: `{command}`" if command else "Reproduce: (multirun.yaml not found)",
-        "",
-        f"Finished jobs: {finished} of {len(jobs)}.",
-        "",
-        "## Final metrics (mean ± std over seeds)",
-        "",
-        (f"Final = the last epoch where the metric was logged; `{INITIAL}` is the policy before any update. "
-         f"std {DASH}: one seed."),
-        "",
-        main_table(stats),
-        "",
-        "## Per iteration (mean over seeds)",
-        "",
-        (f"`{REJECTED}`: on-policy probability of y− under the plain query. "
-         "The last epoch holds only the final policy's quality."),
-        "",
-        epoch_table_md(means),
-        "",
-        "## Verdict",
-        "",
-        verdict_text,
-        "",
-        "## Missing jobs",
-        "",
-        missing_section(jobs),
-        "",
-        "## Plots",
-        "",
-        "![quality](quality.png)",
-        "",
-        "![pairs](pairs.png)",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# SSO ablation report: {sweep_dir.name}",
+            "",
+            f"Sweep directory: `{sweep_dir}`",
+            "",
+            f"Reproduce: `{command}`" if command else "Reproduce: (multirun.yaml not found)",
+            "",
+            f"Finished jobs: {finished} of {len(jobs)}.",
+            "",
+            "## Final metrics (mean ± std over seeds)",
+            "",
+            (
+                f"Final = the last epoch where the metric was logged; `{INITIAL}` is the policy before any update. "
+                f"std {DASH}: one seed."
+            ),
+            "",
+            main_table(stats),
+            "",
+            "## Per iteration (mean over seeds)",
+            "",
+            (
+                f"`{REJECTED}`: on-policy probability of y− under the plain query. "
+                "The last epoch holds only the final policy's quality."
+            ),
+            "",
+            epoch_table_md(means),
+            "",
+            "## Verdict",
+            "",
+            verdict_text,
+            "",
+            "## Missing jobs",
+            "",
+            missing_section(jobs),
+            "",
+            "## Plots",
+            "",
+            "![quality](quality.png)",
+            "",
+            "![pairs](pairs.png)",
+            "",
+        ]
+    )
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -387,9 +420,13 @@ def wandb_report(sweep_dir: Path, jobs: list[Job], table: str, verdict_text: str
     report.blocks = [
         wr.MarkdownBlock(text=f"{table}\n\n{verdict_text}"),
         wr.PanelGrid(
-            runsets=[wr.Runset(entity=report.entity, project=project, name=group, filters=f"Metric(\"Group\") == '{group}'")],
-            panels=[wr.LinePlot(title=QUALITY, x="epoch", y=[QUALITY]),
-                    wr.ScatterPlot(title="accuracy vs on-policy-ness", x=REJECTED, y=ACCURACY)],
+            runsets=[
+                wr.Runset(entity=report.entity, project=project, name=group, filters=f"Metric(\"Group\") == '{group}'")
+            ],
+            panels=[
+                wr.LinePlot(title=QUALITY, x="epoch", y=[QUALITY]),
+                wr.ScatterPlot(title="accuracy vs on-policy-ness", x=REJECTED, y=ACCURACY),
+            ],
         ),
     ]
     report.save()
@@ -420,8 +457,11 @@ def make_report(sweep_dir: Path, against: str | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sso_lightning.report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", type=Path, help="a directory written by `python -m sso_lightning -m ...`")
-    parser.add_argument("--against", metavar="KEY=VALUE",
-                        help="compare each run with the same one at KEY=VALUE (e.g. loss.spo.weight=0) instead of with PBAA")
+    parser.add_argument(
+        "--against",
+        metavar="KEY=VALUE",
+        help="compare each run with the same one at KEY=VALUE (e.g. loss.spo.weight=0) instead of with PBAA",
+    )
     args = parser.parse_args(argv)
     try:
         make_report(args.multirun_dir, args.against)

@@ -64,28 +64,51 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     objective = build(cfg.loss)
     two_stage = cfg.scheme == "two_stage"
     if two_stage and not objective.steers:
-        raise ConfigError("scheme=two_stage trains the data generator on L+ + L-, and loss.plus=false loss.minus=off "
-                          "leaves it nothing to learn; use scheme=combined (PBAA)")
+        raise ConfigError(
+            "scheme=two_stage trains the data generator on L+ + L-, and loss.plus=false loss.minus=off "
+            "leaves it nothing to learn; use scheme=combined (PBAA)"
+        )
     if two_stage and (cfg.data.offline or not cfg.data.get("regenerate", True)):
-        raise ConfigError("scheme=two_stage samples fresh pairs from its generator every iteration; "
-                          "data.offline and data.regenerate=false need scheme=combined")
+        raise ConfigError(
+            "scheme=two_stage samples fresh pairs from its generator every iteration; "
+            "data.offline and data.regenerate=false need scheme=combined"
+        )
     keys = objective.required_sequences("policy" if two_stage else "combined")
     prompts = build(cfg.data.prompts).load()
     principles, judge, sampling = build(cfg.principles), build(cfg.judge), build(cfg.generation)
     policy, tokenizer = build(cfg.model).load()
     require_chat_template(tokenizer)  # fail before the trainer starts
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
-    degree_rows = DegreeRows(objective.spo.variants(), objective.spo.responses, tokenizer) if objective.aux == "spo" else None
-    datamodule = SteeredDataModule(cfg.data.batch_size, keys, tokenizer.pad_token_id, shuffle=cfg.data.get("shuffle", True),
-                                   seed=cfg.seed, degree_rows=degree_rows)
-    module = SSOModule(policy, tokenizer, objective, build(cfg.optimizer), compile=cfg.model.get("compile", False),
-                       scheme=cfg.scheme)
+    degree_rows = (
+        DegreeRows(objective.spo.variants(), objective.spo.responses, tokenizer) if objective.aux == "spo" else None
+    )
+    datamodule = SteeredDataModule(
+        cfg.data.batch_size,
+        keys,
+        tokenizer.pad_token_id,
+        shuffle=cfg.data.get("shuffle", True),
+        seed=cfg.seed,
+        degree_rows=degree_rows,
+    )
+    module = SSOModule(
+        policy, tokenizer, objective, build(cfg.optimizer), compile=cfg.model.get("compile", False), scheme=cfg.scheme
+    )
     if two_stage:
-        regeneration = TwoStageRegeneration(prompts.train, principles, judge, sampling, objective, run_dir / "data",
-                                            cfg.data.reference)
+        regeneration = TwoStageRegeneration(
+            prompts.train, principles, judge, sampling, objective, run_dir / "data", cfg.data.reference
+        )
     else:
-        regeneration = Regeneration(prompts.train, principles, judge, sampling, keys, run_dir / "data", cfg.data.reference,
-                                    offline, regenerate=cfg.data.get("regenerate", True))
+        regeneration = Regeneration(
+            prompts.train,
+            principles,
+            judge,
+            sampling,
+            keys,
+            run_dir / "data",
+            cfg.data.reference,
+            offline,
+            regenerate=cfg.data.get("regenerate", True),
+        )
     callbacks = [
         regeneration,
         PolicyQuality(prompts.eval, judge, sampling),
@@ -97,7 +120,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     loggers = [CSVLogger(run_dir, name="", version=""), *(build(node) for node in cfg.logger.values())]
     # one epoch per iteration, two under two_stage (generator, then policy)
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=cfg.trainer.max_epochs * module.phases_per_iteration)
+    trainer = build(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers,
+        max_epochs=cfg.trainer.max_epochs * module.phases_per_iteration,
+    )
     try:
         trainer.fit(module, datamodule=datamodule)
     finally:

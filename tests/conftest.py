@@ -40,7 +40,11 @@ def cli(cache_dir):
     def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, "SSO_LIGHTNING_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
         return subprocess.run(
-            [sys.executable, "-m", "sso_lightning", *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True,
+            [sys.executable, "-m", "sso_lightning", *args],
+            cwd=cwd or ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
             timeout=600,
         )
 
@@ -48,9 +52,17 @@ def cli(cache_dir):
 
 
 def tiny_llama_config(tokenizer, max_positions: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
-                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
 
 
 def steered_world(num_examples: int, query_digits: tuple[int, int], answer_digits: tuple[int, int]):
@@ -67,10 +79,17 @@ def steered_world(num_examples: int, query_digits: tuple[int, int], answer_digit
 
         def answer():
             words = [str(rng.randrange(10)) for _ in range(rng.randint(*answer_digits))]
-            return Response(tuple(tokenizer.convert_tokens_to_ids(words)) + (tokenizer.eos_token_id,), " ".join(words), True)
+            return Response(
+                tuple(tokenizer.convert_tokens_to_ids(words)) + (tokenizer.eos_token_id,), " ".join(words), True
+            )
 
-        examples.append(SteeredExample(prompt, {"y+": answer(), "y-": answer(), "yo": answer()},
-                                       ref_logps={k: -rng.uniform(2, 20) for k in SEQUENCE_KEYS}))
+        examples.append(
+            SteeredExample(
+                prompt,
+                {"y+": answer(), "y-": answer(), "yo": answer()},
+                ref_logps={k: -rng.uniform(2, 20) for k in SEQUENCE_KEYS},
+            )
+        )
     return tokenizer, config, examples
 
 
@@ -78,7 +97,10 @@ def steered_world(num_examples: int, query_digits: tuple[int, int], answer_digit
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama and a toy tokenizer, saved like a downloaded model."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    principles = "list the digits from small to large in a random order keep every of question leave out some give only talk lot before"
+    principles = (
+        "list the digits from small to large in a random order keep every of question "
+        "leave out some give only talk lot before"
+    )
     tokenizer = build_toy_tokenizer([QUERY_WORD, *DIGITS, *FILLER_WORDS, principles])
     torch.manual_seed(0)
     LlamaForCausalLM(tiny_llama_config(tokenizer, max_positions=128)).save_pretrained(path)

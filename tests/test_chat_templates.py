@@ -35,7 +35,8 @@ LLAMA3 = (
 )
 # Gemma-like: raises on a system message; the model turn ends with <end_of_turn> (EOS).
 GEMMA = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
     "{% for message in messages %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
     "{{ '<start_of_turn>' + role + '\n' + message['content'] + '<end_of_turn>\n' }}"
@@ -52,7 +53,12 @@ MISTRAL = (
 
 KINDS = {
     # name: (template, special tokens, bos, eos = end-of-turn token)
-    "system": (LLAMA3, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|begin_of_text|>", "<|eot_id|>"),
+    "system": (
+        LLAMA3,
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+    ),
     "raises": (GEMMA, ["<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<end_of_turn>"),
     "drops": (MISTRAL, ["<s>", "</s>", "[INST]", "[/INST]"], "<s>", "</s>"),
     "none": (None, ["<s>", "</s>"], "<s>", "</s>"),
@@ -67,7 +73,11 @@ def build(tmp_path, kind: str):
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token=bos, eos_token=eos,
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token=bos,
+        eos_token=eos,
         additional_special_tokens=[s for s in specials if s not in (bos, eos)],
     )
     if template is not None:
@@ -100,7 +110,9 @@ def test_system_role_renders_a_system_turn(toks):
     tok = toks["system"]
     prompt = steer(tok, QUERY, PRINCIPLES)
     messages = [{"role": "system", "content": PRINCIPLES.good}, {"role": "user", "content": QUERY}]
-    expected = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    expected = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     assert prompt.ids["x+"] == list(expected)
     assert contains(prompt.ids["x+"], tok.convert_tokens_to_ids(["<|start_header_id|>", "system", "<|end_header_id|>"]))
     assert contains(prompt.ids["x+"], ids_of(tok, PRINCIPLES.good))
@@ -112,7 +124,9 @@ def test_fallback_puts_principle_in_user_turn(toks, kind):
     prompt = steer(tok, QUERY, PRINCIPLES)
     for key, principle in (("x+", PRINCIPLES.good), ("x-", PRINCIPLES.bad)):
         merged = [{"role": "user", "content": f"{principle}\n\n{QUERY}"}]
-        expected = tok.apply_chat_template(merged, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        expected = tok.apply_chat_template(merged, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         assert prompt.ids[key] == list(expected)
         # principle then query, contiguous, inside the one user turn
         assert contains(prompt.ids[key], ids_of(tok, principle) + ids_of(tok, QUERY))

@@ -27,13 +27,21 @@ def test_paper_model_config_composes(cli):
     assert cfg["model"]["name_or_path"] == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert cfg["loss"]["gamma"] == 0.1 and cfg["loss"]["alpha"] == 0.66 and cfg["loss"]["base"]["beta"] == 0.1
     assert cfg["loss"]["g"] == 0.1 and cfg["optimizer"]["lr"] == 5e-7
-    assert (cfg["generation"]["temperature"], cfg["generation"]["top_p"], cfg["generation"]["max_new_tokens"]) == (0.7, 0.8, 2048)
+    assert (cfg["generation"]["temperature"], cfg["generation"]["top_p"], cfg["generation"]["max_new_tokens"]) == (
+        0.7,
+        0.8,
+        2048,
+    )
     assert "accuracy" in cfg["principles"]["features"] and "safety" in cfg["principles"]["features"]
 
 
-@pytest.mark.parametrize("model, name", [("qwen2_7b", "Qwen/Qwen2-7B-Instruct"), ("llama3_8b_sft", "princeton-nlp/Llama-3-Base-8B-SFT")])
+@pytest.mark.parametrize(
+    "model, name", [("qwen2_7b", "Qwen/Qwen2-7B-Instruct"), ("llama3_8b_sft", "princeton-nlp/Llama-3-Base-8B-SFT")]
+)
 def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
-    result = cli(f"model={model}", "model.name_or_path=/my/weights" if model.endswith("sft") else "seed=0", "--cfg", "job")
+    result = cli(
+        f"model={model}", "model.name_or_path=/my/weights" if model.endswith("sft") else "seed=0", "--cfg", "job"
+    )
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
     assert cfg["model"]["name_or_path"] == ("/my/weights" if model.endswith("sft") else name)
@@ -49,9 +57,14 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
         (["loss.minus=sideways"], ["loss.minus", "paper, naive, off"]),
         (["loss.g=0"], ["loss.g=0", "loss.plus=false loss.minus=off"]),
         (["data.reference=nope"], ["data.reference=nope", "iteration, initial"]),
-        (["model=hf", "model.name_or_path=/no/such/model"], ["model.name_or_path=/no/such/model", "could not be loaded"]),
-        (["model=hf", "model.name_or_path=/no/such/model", "model.attn_implementation=flash_attention_2"],
-         ["model.attn_implementation=flash_attention_2", "flash-attn", "sdpa"]),
+        (
+            ["model=hf", "model.name_or_path=/no/such/model"],
+            ["model.name_or_path=/no/such/model", "could not be loaded"],
+        ),
+        (
+            ["model=hf", "model.name_or_path=/no/such/model", "model.attn_implementation=flash_attention_2"],
+            ["model.attn_implementation=flash_attention_2", "flash-attn", "sdpa"],
+        ),
     ],
 )
 def test_bad_options_stop_with_one_line(cli, tmp_path, overrides, fragments):
@@ -64,7 +77,9 @@ def test_bad_options_stop_with_one_line(cli, tmp_path, overrides, fragments):
 
 
 def test_bad_prompt_files_stop_with_one_line(cli, tmp_path):
-    missing = cli(*TINY_RUN, "data=jsonl", f"data.prompts.path={tmp_path / 'none.jsonl'}", f"hydra.run.dir={tmp_path / 'a'}")
+    missing = cli(
+        *TINY_RUN, "data=jsonl", f"data.prompts.path={tmp_path / 'none.jsonl'}", f"hydra.run.dir={tmp_path / 'a'}"
+    )
     assert_one_line_error(missing, "none.jsonl", "not found")
 
     malformed = tmp_path / "bad.jsonl"
@@ -83,17 +98,36 @@ def test_bad_prompt_files_stop_with_one_line(cli, tmp_path):
 def test_prompt_file_with_configured_field_trains(cli, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"question": f"sort {i % 10} 3 1 {9 - i % 10}"}) + "\n" for i in range(40)))
-    result = cli(*TINY_RUN, "trainer.max_epochs=1", "data=jsonl", f"data.prompts.path={prompts}",
-                 "data.prompts.field=question", "data.prompts.num_eval=8", f"hydra.run.dir={tmp_path / 'run'}")
+    result = cli(
+        *TINY_RUN,
+        "trainer.max_epochs=1",
+        "data=jsonl",
+        f"data.prompts.path={prompts}",
+        "data.prompts.field=question",
+        "data.prompts.num_eval=8",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = (tmp_path / "run" / "data" / "epoch_0.jsonl").read_text().splitlines()
-    assert {json.loads(r)["instruction"] for r in records} <= {json.loads(p)["question"] for p in prompts.read_text().splitlines()[:32]}
+    assert {json.loads(r)["instruction"] for r in records} <= {
+        json.loads(p)["question"] for p in prompts.read_text().splitlines()[:32]
+    }
 
 
 def test_offline_file_missing_what_the_loss_needs(cli, tmp_path):
     authors = tmp_path / "authors.jsonl"
-    authors.write_text(json.dumps({"instruction": "sort 2 1", "p_system": "give only the digits", "n_system":
-                                   "talk a lot before the digits", "chosen": "1 2", "rejected": "2 1"}) + "\n")
+    authors.write_text(
+        json.dumps(
+            {
+                "instruction": "sort 2 1",
+                "p_system": "give only the digits",
+                "n_system": "talk a lot before the digits",
+                "chosen": "1 2",
+                "rejected": "2 1",
+            }
+        )
+        + "\n"
+    )
     result = cli(*TINY, f"data.offline={authors}", f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line_error(result, f"{authors}:1", "raw", "loss.minus")
     assert not (tmp_path / "run" / "data").exists()
@@ -109,16 +143,23 @@ def test_existing_run_directory_is_never_overwritten(cli, tmp_path):
 
 
 def test_configs_ship_inside_a_non_editable_install(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], check=True
+    )
     wheel = next(tmp_path.glob("sso_lightning-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for config in ("config.yaml", "loss/sso.yaml", "loss/base/dpo.yaml", "model/toy.yaml", "principles/paper.yaml"):
         assert f"sso_lightning/conf/{config}" in names
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "sso_lightning", "loss=pbaa", "--cfg", "job"], cwd=tmp_path, capture_output=True,
-        text=True, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-m", "sso_lightning", "loss=pbaa", "--cfg", "job"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert yaml.safe_load(result.stdout)["loss"]["g"] == 0.0

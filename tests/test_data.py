@@ -249,8 +249,11 @@ def make_example(tok, query="sort 3 1 2", features=("order", "concision"), seed=
 def test_record_round_trip_keeps_everything(tok):
     example = make_example(tok)
     # token ids that re-tokenising the text would NOT give back: they must be kept as stored
-    odd = Response(ids=(tok.convert_tokens_to_ids("1"), tok.pad_token_id, tok.convert_tokens_to_ids("2")), text="1 2",
-                   finished=False)
+    odd = Response(
+        ids=(tok.convert_tokens_to_ids("1"), tok.pad_token_id, tok.convert_tokens_to_ids("2")),
+        text="1 2",
+        finished=False,
+    )
     example.responses["y-"] = odd
     record = json.loads(json.dumps(to_record(example)))
     assert record["instruction"] == "sort 3 1 2" and record["chosen"] == "1 2 3" and record["raw"] == "so 1 3 2 2 2"
@@ -285,10 +288,31 @@ def test_authors_format_record_is_tokenised_with_eos(tok):
     assert ex.prompt.principles == PrinciplePair((), "give only the digits", "talk a lot before the digits")
     assert ex.scores == {} and ex.ref_logps == {}
     assert tok.convert_ids_to_tokens(ex.prompt.ids["x+"]) == (
-        ["<|system|>", "give", "only", "the", "digits", "<|end|>", "<|user|>", "sort", "3", "1", "2", "<|end|>",
-         "<|assistant|>"]
+        [
+            "<|system|>",
+            "give",
+            "only",
+            "the",
+            "digits",
+            "<|end|>",
+            "<|user|>",
+            "sort",
+            "3",
+            "1",
+            "2",
+            "<|end|>",
+            "<|assistant|>",
+        ]
     )
-    assert tok.convert_ids_to_tokens(ex.prompt.ids["x"]) == ["<|user|>", "sort", "3", "1", "2", "<|end|>", "<|assistant|>"]
+    assert tok.convert_ids_to_tokens(ex.prompt.ids["x"]) == [
+        "<|user|>",
+        "sort",
+        "3",
+        "1",
+        "2",
+        "<|end|>",
+        "<|assistant|>",
+    ]
     # a non-empty authors' system prompt is used for x
     with_system = from_record({**record, "system": "well"}, tok, "authors.jsonl:1")
     assert with_system.prompt.ids["x"][:3] == tok.convert_tokens_to_ids(["<|system|>", "well", "<|end|>"])
@@ -301,8 +325,14 @@ def test_record_missing_required_field(tok):
 
 
 def authors_lines(with_raw: bool) -> list[str]:
-    base = {"instruction": "sort 2 1", "system": "", "p_system": "give only the digits", "n_system": "talk a lot",
-            "chosen": "1 2", "rejected": "2 1"}
+    base = {
+        "instruction": "sort 2 1",
+        "system": "",
+        "p_system": "give only the digits",
+        "n_system": "talk a lot",
+        "chosen": "1 2",
+        "rejected": "2 1",
+    }
     return [json.dumps({**base, **({"raw": "1 2 2"} if with_raw else {})}) for _ in range(2)]
 
 
@@ -351,7 +381,9 @@ EOS_ID = 2
 
 
 def ex_with(plus, minus, raw=None, tag=0) -> SteeredExample:
-    prompt = SteeredPrompt(query=f"q{tag}", principles=PrinciplePair((), "g", "b"), ids={"x": [5], "x+": [6], "x-": [7]})
+    prompt = SteeredPrompt(
+        query=f"q{tag}", principles=PrinciplePair((), "g", "b"), ids={"x": [5], "x+": [6], "x-": [7]}
+    )
     responses = {"y+": Response(tuple(plus), "", True), "y-": Response(tuple(minus), "", True)}
     if raw is not None:
         responses["yo"] = Response(tuple(raw), "", True)
@@ -383,13 +415,20 @@ def test_drop_degenerate_counts_reasons_and_keeps_order():
 def batch_examples():
     a = SteeredExample(
         prompt=SteeredPrompt("qa", PrinciplePair((), "g", "b"), {"x": [1], "x+": [21, 22, 23], "x-": [31, 32]}),
-        responses={"y+": Response((41, 42, 2), "", True), "y-": Response((51,), "", False), "yo": Response((61, 2), "", True)},
+        responses={
+            "y+": Response((41, 42, 2), "", True),
+            "y-": Response((51,), "", False),
+            "yo": Response((61, 2), "", True),
+        },
         ref_logps={"x+|y+": -1.0, "x-|yo": -2.0, "x|y-": -3.0},
     )
     b = SteeredExample(
         prompt=SteeredPrompt("qb", PrinciplePair((), "g", "b"), {"x": [7, 8], "x+": [24], "x-": [33, 34, 35, 36]}),
-        responses={"y+": Response((43, 2), "", True), "y-": Response((52, 53, 54, 55), "", False),
-                   "yo": Response((62, 63, 64, 2), "", True)},
+        responses={
+            "y+": Response((43, 2), "", True),
+            "y-": Response((52, 53, 54, 55), "", False),
+            "yo": Response((62, 63, 64, 2), "", True),
+        },
         ref_logps={"x+|y+": -4.0, "x-|yo": -5.0, "x|y-": -6.0},
     )
     return a, b
@@ -459,9 +498,17 @@ def test_cut_at_eos(tok):
 def model(tok):
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=None, initializer_range=0.5,  # large init: outputs vary by prompt
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+        initializer_range=0.5,  # large init: outputs vary by prompt
     )
     model = LlamaForCausalLM(config).float().eval()
     with torch.no_grad():  # a pad embedding like any other token's, so attending to padding would show
@@ -501,7 +548,7 @@ def test_generate_matches_naive_greedy_loop(tok, model):
             ids.append(nxt)
             if nxt == tok.eos_token_id:
                 break
-    expected = ids[len(prompt):]
+    expected = ids[len(prompt) :]
     got = generate(model, tok, [prompt], Sampling(temperature=0.0, max_new_tokens=8, batch_size=1))[0]
     assert list(got.ids) == expected
 

@@ -21,9 +21,17 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(cli, tmp_pa
     records = []
     for query in ToyPrompts(num_train=16, num_eval=0, seed=7).load().train:
         digits = query.split()[1:]
-        records.append({"instruction": query, "system": "", "p_system": "give only the digits",
-                        "n_system": "talk a lot before the digits", "chosen": " ".join(sorted(digits)),
-                        "rejected": "well ok " + " ".join(rng.sample(digits, len(digits))), "raw": " ".join(digits)})
+        records.append(
+            {
+                "instruction": query,
+                "system": "",
+                "p_system": "give only the digits",
+                "n_system": "talk a lot before the digits",
+                "chosen": " ".join(sorted(digits)),
+                "rejected": "well ok " + " ".join(rng.sample(digits, len(digits))),
+                "raw": " ".join(digits),
+            }
+        )
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     common = [*TINY, "trainer.max_epochs=1", f"data.offline={data}", "data.shuffle=false", "data.prompts.num_eval=8"]
@@ -43,8 +51,14 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(cli, tmp_pa
 
 def test_ddp_regeneration_writes_one_gathered_snapshot_per_epoch(cli, tmp_path):
     run_dir = tmp_path / "run"
-    result = cli(*TINY, *DDP, "data.prompts.num_train=20", "data.prompts.num_eval=8", "data.batch_size=4",
-                 f"hydra.run.dir={run_dir}")
+    result = cli(
+        *TINY,
+        *DDP,
+        "data.prompts.num_train=20",
+        "data.prompts.num_eval=8",
+        "data.batch_size=4",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(run_dir / "epochs.csv", index_col="epoch")
     for epoch in (0, 1):

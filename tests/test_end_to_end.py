@@ -21,8 +21,15 @@ def test_default_config_runs_and_reports(cli, tmp_path, cache_dir):
     assert f"run directory: {run_dir}" in result.stdout
     table = pd.read_csv(run_dir / "epochs.csv", index_col="epoch")
     assert list(table.index) == [0, 1, 2]
-    for column in ("eval/quality", "data/pair_accuracy", "data/onpolicy_prob_chosen", "data/onpolicy_prob_rejected",
-                   "data/kept_fraction", "train/loss", "perf/train_tokens_per_s"):
+    for column in (
+        "eval/quality",
+        "data/pair_accuracy",
+        "data/onpolicy_prob_chosen",
+        "data/onpolicy_prob_rejected",
+        "data/kept_fraction",
+        "train/loss",
+        "perf/train_tokens_per_s",
+    ):
         assert column in result.stdout
     assert table["eval/quality"].notna().all()
     assert table.loc[[0, 1], "data/pair_accuracy"].between(0, 1).all()
@@ -65,10 +72,15 @@ def test_offline_training_from_a_snapshot_and_from_the_authors_format(cli, tmp_p
     assert [r["token_ids"] for r in trained_on] == [r["token_ids"] for r in ours]
 
     authors = tmp_path / "authors.jsonl"
-    authors.write_text("".join(
-        json.dumps({k: r[k] for k in ("instruction", "p_system", "n_system", "system", "chosen", "rejected", "raw")}) + "\n"
-        for r in ours
-    ))
+    authors.write_text(
+        "".join(
+            json.dumps(
+                {k: r[k] for k in ("instruction", "p_system", "n_system", "system", "chosen", "rejected", "raw")}
+            )
+            + "\n"
+            for r in ours
+        )
+    )
     result = cli(*TINY, "trainer.max_epochs=1", f"data.offline={authors}", f"hydra.run.dir={tmp_path / 'authors'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert pd.read_csv(tmp_path / "authors" / "epochs.csv", index_col="epoch").loc[0, "train/loss"] > 0
@@ -78,8 +90,16 @@ def test_multirun_survives_a_failing_job_and_the_report_reads_it(cli, tmp_path):
     """4 jobs, one of them invalid (PBAA has nothing for a two-stage generator to learn): the
     sweep runs the others, exits 1 naming the failed job, and the report covers the rest."""
     sweep = tmp_path / "sweep"
-    result = cli("-m", "variant=pbaa,sso", "scheme=combined,two_stage", *TINY, "trainer.max_epochs=1",
-                 "data.prompts.num_train=16", "data.prompts.num_eval=8", f"hydra.sweep.dir={sweep}")
+    result = cli(
+        "-m",
+        "variant=pbaa,sso",
+        "scheme=combined,two_stage",
+        *TINY,
+        "trainer.max_epochs=1",
+        "data.prompts.num_train=16",
+        "data.prompts.num_eval=8",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == f"error: 1 job(s) of the sweep failed: {sweep / '1'}"
     assert "scheme=two_stage trains the data generator" in (sweep / "1" / "FAILED").read_text()
@@ -110,8 +130,13 @@ def test_offline_variant_trains_every_epoch_on_the_initial_policys_pairs(cli, tm
 
 def test_wandb_logger_runs_offline_and_fixed_reference_is_the_initial_model(cli, tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    result = cli(*[o for o in TINY if o != "logger=csv"], "logger=wandb", "data.reference=initial",
-                 "data.prompts.num_train=16", f"hydra.run.dir={run_dir}")
+    result = cli(
+        *[o for o in TINY if o != "logger=csv"],
+        "logger=wandb",
+        "data.reference=initial",
+        "data.prompts.num_train=16",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((run_dir / "wandb").glob("offline-run-*"))
 

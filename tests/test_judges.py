@@ -45,9 +45,16 @@ def tokenizer():
 
 def tiny_config(tok) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=None,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
     )
 
 
@@ -156,7 +163,9 @@ def test_llm_score_in_unit_interval_deterministic_unfinished_minimum(llm_dir):
     scores = judge.score(QUERIES, responses)
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert judge.score(QUERIES, responses) == scores
-    assert LLMJudge(llm_dir, batch_size=16, dtype="float32").score(QUERIES, responses) == pytest.approx(scores, abs=1e-5)
+    assert LLMJudge(llm_dir, batch_size=16, dtype="float32").score(QUERIES, responses) == pytest.approx(
+        scores, abs=1e-5
+    )
     mixed = judge.score(QUERIES, [resp(t, finished=i != 1) for i, t in enumerate(GOOD)])
     assert mixed[1] == 0.0 and mixed[0] == pytest.approx(scores[0], abs=1e-5)
 

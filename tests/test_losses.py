@@ -173,7 +173,9 @@ def trl_per_example_loss(dpo_trainer_cls, loss_type, beta, label_smoothing, chos
     trainer.precompute_ref_logps, trainer.ld_alpha, trainer.f_divergence_type = True, None, "reverse_kl"
     trainer.use_weighting, trainer.aux_loss_enabled, trainer._total_train_tokens = False, False, 0
     trainer.model = torch.nn.Linear(1, 1).eval()
-    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x)
+    trainer.accelerator = SimpleNamespace(
+        device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x
+    )
     losses, margins = [], []
     for i in range(chosen.policy.numel()):
         trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -185,8 +187,8 @@ def trl_per_example_loss(dpo_trainer_cls, loss_type, beta, label_smoothing, chos
             completion_mask[row, 1 : 1 + n] = 1
             per_token[row, :n] = s / n
 
-        def model(**kwargs):
-            z = torch.zeros(2, t - 1)
+        def model(per_token=per_token, **kwargs):
+            z = torch.zeros_like(per_token, dtype=torch.float32)
             return SimpleNamespace(log_probs=per_token, entropy=z, mean_logits=z, is_top1=z.bool())
 
         inputs = {
@@ -296,8 +298,19 @@ def paper_l_base(base, params, win, lose):
     return -F.logsigmoid(beta * (a_w - a_l) - params["target_margin"]), beta * (a_w - a_l)
 
 
-def paper_objective(data, base, params, g=0.1, gamma=0.1, policy_sft=0.0, plus=True, minus="paper", weight=True,
-                    alpha=0.66, detach_weight=False):
+def paper_objective(
+    data,
+    base,
+    params,
+    g=0.1,
+    gamma=0.1,
+    policy_sft=0.0,
+    plus=True,
+    minus="paper",
+    weight=True,
+    alpha=0.66,
+    detach_weight=False,
+):
     """SSO.md scheme 1 written out: L = l_base(x,y+,y-) + lambda_sft l_sft(x,y+) + W g (L+ + L-)."""
 
     def l_base(c_w, c_l):
@@ -317,12 +330,20 @@ def paper_objective(data, base, params, g=0.1, gamma=0.1, policy_sft=0.0, plus=T
 
     p_loss, p_margin = l_base("x|y+", "x|y-")
     policy = p_loss + policy_sft * l_sft("x|y+")
-    expected = {"loss_policy": policy.mean(), "margin_policy": p_margin.mean(), "acc_policy": (p_margin > 0).double().mean()}
+    expected = {
+        "loss_policy": policy.mean(),
+        "margin_policy": p_margin.mean(),
+        "acc_policy": (p_margin > 0).double().mean(),
+    }
     l_plus = l_minus = torch.zeros_like(policy)
     if plus:
         pl_loss, pl_margin = l_base("x+|y+", "x+|y-")
         l_plus = pl_loss + gamma * l_sft("x+|y+")
-        expected |= {"loss_plus": l_plus.mean(), "margin_plus": pl_margin.mean(), "acc_plus": (pl_margin > 0).double().mean()}
+        expected |= {
+            "loss_plus": l_plus.mean(),
+            "margin_plus": pl_margin.mean(),
+            "acc_plus": (pl_margin > 0).double().mean(),
+        }
     if minus == "paper":
         mi_loss, mi_margin = l_base("x-|yo", "x-|y+")
         l_minus = mi_loss + gamma * l_sft("x-|yo")
@@ -330,7 +351,11 @@ def paper_objective(data, base, params, g=0.1, gamma=0.1, policy_sft=0.0, plus=T
         mi_loss, mi_margin = l_base("x-|y-", "x-|y+")
         l_minus = mi_loss + gamma * l_sft("x-|y-")
     if minus != "off":
-        expected |= {"loss_minus": l_minus.mean(), "margin_minus": mi_margin.mean(), "acc_minus": (mi_margin > 0).double().mean()}
+        expected |= {
+            "loss_minus": l_minus.mean(),
+            "margin_minus": mi_margin.mean(),
+            "acc_minus": (mi_margin > 0).double().mean(),
+        }
     if weight:
         expected["W"] = w.mean()
     total = policy + w * g * (l_plus + l_minus) if g > 0 else w * policy
@@ -410,6 +435,7 @@ def test_weight_is_attached_by_default(g, kwargs):
     w = torch.sigmoid(-(alpha * s / n + (1 - alpha) * data["x|y-"][0] / data["x|y-"][2])).detach()
     dw_ds = -w * (1 - w) * alpha / n
     if g > 0:  # L+ + L- (paper form), transcribed from SSO.md
+
         def l_base(c_w, c_l):
             return paper_l_base("dpo", {"beta": 0.1}, data[c_w], data[c_l])[0]
 
@@ -472,7 +498,10 @@ def test_required_sequences(kwargs, expected):
         (lambda: SSOObjective(DPO(), g=0), r"^loss\.g=0 .*zero; set loss\.plus=false loss\.minus=off, or loss\.g > 0$"),
         (lambda: SSOObjective(DPO(), g=0, plus=False), r"loss\.minus=paper\) by zero"),
         (lambda: SSOObjective(DPO(), g=0, minus="off"), r"loss\.plus=true, loss\.minus=off\) by zero"),
-        (lambda: SSOObjective(DPO(), weight=False, detach_weight=True), r"^loss\.detach_weight=true needs loss\.weight=true"),
+        (
+            lambda: SSOObjective(DPO(), weight=False, detach_weight=True),
+            r"^loss\.detach_weight=true needs loss\.weight=true",
+        ),
     ],
 )
 def test_config_errors(build, message):

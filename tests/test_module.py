@@ -99,9 +99,17 @@ def test_lightning_fit_moves_every_trainable_parameter(world):
     policy = LlamaForCausalLM(config)
     before = [p.detach().clone() for p in policy.parameters()]
     module = SSOModule(policy, tokenizer, objective, lambda params: torch.optim.AdamW(params, lr=1e-3))
-    loader = DataLoader(examples, batch_size=4, collate_fn=Collator(objective.required_sequences(), tokenizer.pad_token_id))
-    L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, accelerator="cpu").fit(module, loader)
+    loader = DataLoader(
+        examples, batch_size=4, collate_fn=Collator(objective.required_sequences(), tokenizer.pad_token_id)
+    )
+    L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    ).fit(module, loader)
     assert all(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
 
@@ -116,7 +124,9 @@ def test_compiled_training_forward_gives_the_same_loss(world):
     for module in (plain, compiled):
         module.log_dict = lambda *a, **k: None
     torch.testing.assert_close(compiled.training_step(batch, 0), plain.training_step(batch, 0), atol=1e-5, rtol=1e-5)
-    assert list(compiled.state_dict()) == list(plain.state_dict()) and all(k.startswith("policy.") for k in plain.state_dict())
+    assert list(compiled.state_dict()) == list(plain.state_dict()) and all(
+        k.startswith("policy.") for k in plain.state_dict()
+    )
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path):
@@ -161,10 +171,12 @@ def paper_formula(variant: str, s: dict, base, gamma: float, g: float, alpha: fl
     plus = lambda: base(s["x+|y+"], s["x+|y-"]) + gamma * nll(s["x+|y+"])
     minus = lambda: base(s["x-|yo"], s["x-|y+"]) + gamma * nll(s["x-|yo"])
     naive = lambda: base(s["x-|y-"], s["x-|y+"]) + gamma * nll(s["x-|y-"])
-    w = lambda: torch.sigmoid(-(alpha * s["x|y+"].policy / s["x|y+"].length
-                                + (1 - alpha) * s["x|y-"].policy / s["x|y-"].length))
+    w = lambda: torch.sigmoid(
+        -(alpha * s["x|y+"].policy / s["x|y+"].length + (1 - alpha) * s["x|y-"].policy / s["x|y-"].length)
+    )
     combined = {
-        "PBAA": lambda: policy, "SSO w/o W and g": lambda: policy,
+        "PBAA": lambda: policy,
+        "SSO w/o W and g": lambda: policy,
         "SSO": lambda: policy + w() * g * (plus() + minus()),
         "SSO w/o W": lambda: policy + g * (plus() + minus()),
         "SSO w/o g": lambda: w() * policy,

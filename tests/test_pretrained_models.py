@@ -27,7 +27,9 @@ KEYS = ("x|y+", "x|y-", "x+|y+", "x+|y-", "x-|yo", "x-|y+")
 
 def test_full_sso_run_through_name_or_path(cli, tmp_path, model_dir):
     run_dir = tmp_path / "run"
-    result = cli(*RUN, "model=hf", f"model.name_or_path={model_dir}", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    result = cli(
+        *RUN, "model=hf", f"model.name_or_path={model_dir}", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     trained, start = (AutoModelForCausalLM.from_pretrained(p) for p in (run_dir / "policy", model_dir))
     assert all(not torch.equal(a, b) for a, b in zip(trained.parameters(), start.parameters()))
@@ -37,8 +39,15 @@ def test_lora_run_trains_adapters_and_uses_the_base_as_fixed_reference(cli, tmp_
     from peft import PeftModel
 
     run_dir = tmp_path / "run"
-    result = cli(*RUN, "model=hf", f"model.name_or_path={model_dir}", "model.lora.enabled=true", "model.lora.r=4",
-                 "data.reference=initial", f"hydra.run.dir={run_dir}")
+    result = cli(
+        *RUN,
+        "model=hf",
+        f"model.name_or_path={model_dir}",
+        "model.lora.enabled=true",
+        "model.lora.r=4",
+        "data.reference=initial",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     adapter = json.loads((run_dir / "policy" / "adapter_config.json").read_text())
     assert adapter["r"] == 4
@@ -63,9 +72,17 @@ def test_lora_changes_only_the_adapters(model_dir):
     objective = SSOObjective(DPO(0.1))
     examples = read_snapshot_from_texts(tokenizer)
     module = SSOModule(policy, tokenizer, objective, lambda params: torch.optim.AdamW(params, lr=1e-2))
-    loader = DataLoader(examples, batch_size=4, collate_fn=Collator(objective.required_sequences(), tokenizer.pad_token_id))
-    L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, accelerator="cpu").fit(module, loader)
+    loader = DataLoader(
+        examples, batch_size=4, collate_fn=Collator(objective.required_sequences(), tokenizer.pad_token_id)
+    )
+    L.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    ).fit(module, loader)
     for name, p in policy.named_parameters():
         if "lora_" in name:
             assert p.requires_grad and ("lora_A" in name or not torch.equal(p, before[name])), name
@@ -78,8 +95,17 @@ def read_snapshot_from_texts(tokenizer):
     """Examples in the authors' text format, with reference log-probs filled in."""
     from sso_lightning.data.snapshot import from_record
 
-    records = [{"instruction": f"sort {i} 3 1", "p_system": "give only the digits", "n_system": "talk a lot before the digits",
-                "chosen": f"1 3 {i}", "rejected": f"well 3 {i}", "raw": f"3 1 {i}"} for i in range(8)]
+    records = [
+        {
+            "instruction": f"sort {i} 3 1",
+            "p_system": "give only the digits",
+            "n_system": "talk a lot before the digits",
+            "chosen": f"1 3 {i}",
+            "rejected": f"well 3 {i}",
+            "raw": f"3 1 {i}",
+        }
+        for i in range(8)
+    ]
     examples = [from_record(r, tokenizer, f"record {i}") for i, r in enumerate(records)]
     for ex in examples:
         ex.ref_logps = {k: -10.0 for k in KEYS}

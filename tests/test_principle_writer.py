@@ -21,8 +21,12 @@ FEATURES = {
 
 
 def library(concision_probability=0.0):
-    return PrincipleLibrary(features=FEATURES, concision={"good": "be brief", "bad": "ramble"},
-                            concision_probability=concision_probability, separator="\n")
+    return PrincipleLibrary(
+        features=FEATURES,
+        concision={"good": "be brief", "bad": "ramble"},
+        concision_probability=concision_probability,
+        separator="\n",
+    )
 
 
 class Scripted(GeneratedPrinciples):
@@ -58,8 +62,10 @@ def test_two_steps_parse_and_fall_back():
     assert writer.stats["features_fallback"] == 1
     parsed, fallback = writer.stats["principles_parsed"], writer.stats["principles_fallback"]
     assert parsed + fallback == 2 + len(chosen)
-    assert writer.metrics() == {"data/features_fallback_fraction": 0.5,
-                                "data/principles_fallback_fraction": fallback / (parsed + fallback)}
+    assert writer.metrics() == {
+        "data/features_fallback_fraction": 0.5,
+        "data/principles_fallback_fraction": fallback / (parsed + fallback),
+    }
 
 
 def test_principles_are_cached_per_query():
@@ -79,9 +85,18 @@ def test_concision_pair_joins_as_the_library_draws_it():
 def test_policy_as_principle_model_runs_and_falls_back_on_gibberish():
     tokenizer = build_toy_tokenizer(["sort 1 2 3 which of these qualities"])
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     writer = GeneratedPrinciples(library(), max_new_tokens=8)
     with pytest.raises(RuntimeError, match="no policy was bound"):
         writer.for_queries(["sort 1 2"])

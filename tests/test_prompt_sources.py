@@ -76,8 +76,14 @@ def test_seeded_shuffle_is_deterministic(tmp_path, suffix):
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
 def test_chat_style_field_takes_first_user_message(tmp_path, suffix):
     records = [
-        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": q},
-                      {"role": "assistant", "content": "ok"}, {"role": "user", "content": "again"}]}
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "again"},
+            ]
+        }
         for q in QUERIES
     ]
     path = write_file(tmp_path / f"p{suffix}", records)
@@ -207,8 +213,9 @@ def test_hf_saved_dataset_dict_held_out_tail_chat_field_and_seed(saved_dict):
     chat_field = HFPrompts(name=str(saved_dict), split="train_prefs", field="messages", num_eval=4, limit=10).load()
     assert chat_field == plain
     a = HFPrompts(name=str(saved_dict), split="train_prefs", num_eval=2, limit=8, shuffle=True, seed=1).load()
-    b = HFPrompts(name=str(saved_dict), split="train_prefs", field="messages", num_eval=2, limit=8, shuffle=True,
-                  seed=1).load()
+    b = HFPrompts(
+        name=str(saved_dict), split="train_prefs", field="messages", num_eval=2, limit=8, shuffle=True, seed=1
+    ).load()
     assert a == b and len(a.train) == 6 and len(a.eval) == 2 and len(set(a.train + a.eval)) == 8
     assert a != HFPrompts(name=str(saved_dict), split="train_prefs", num_eval=2, limit=8, shuffle=True, seed=2).load()
     # the same seeded choice as the file source makes
@@ -231,8 +238,10 @@ def test_hf_saved_single_dataset(tmp_path, offline):
     [
         (dict(split="nope"), ["data.prompts.split=nope", "valid: train_prefs, test_prefs"]),
         (dict(split="train_prefs", eval_split="nope"), ["data.prompts.eval_split=nope", "train_prefs, test_prefs"]),
-        (dict(split="train_prefs", field="question"), ["no column 'question'", "prompt, messages, score",
-                                                       "data.prompts.field"]),
+        (
+            dict(split="train_prefs", field="question"),
+            ["no column 'question'", "prompt, messages, score", "data.prompts.field"],
+        ),
         (dict(split="train_prefs", field="score"), ["row 0", "'score'", "int"]),
         (dict(split="train_prefs", num_eval=20), ["20 prompts", "num_eval=20"]),
     ],
@@ -264,9 +273,15 @@ def test_hf_hub_name_without_network_is_one_line(tmp_path, offline):
 # ---------------------------------------------------------------------------------------------
 
 DATA_CONFIGS = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
-REQUIRED = {"jsonl": ["data.prompts.path=p.jsonl"], "file": ["data.prompts.path=p.parquet"],
-            "hf": ["data.prompts.name=HuggingFaceH4/ultrafeedback_binarized", "data.prompts.split=train_prefs",
-                   "data.prompts.limit=8000"]}
+REQUIRED = {
+    "jsonl": ["data.prompts.path=p.jsonl"],
+    "file": ["data.prompts.path=p.parquet"],
+    "hf": [
+        "data.prompts.name=HuggingFaceH4/ultrafeedback_binarized",
+        "data.prompts.split=train_prefs",
+        "data.prompts.limit=8000",
+    ],
+}
 
 
 @pytest.mark.parametrize("name", DATA_CONFIGS)
@@ -287,11 +302,20 @@ def test_file_and_hf_configs_build_sources(tmp_path, saved_dict):
     path = write_file(tmp_path / "p.json", [{"prompt": q} for q in QUERIES])
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        file_cfg = compose(config_name="config", overrides=["data=file", f"data.prompts.path={path}",
-                                                            "data.prompts.num_eval=2"])
-        hf_cfg = compose(config_name="config", overrides=["data=hf", f"data.prompts.name={saved_dict}",
-                                                          "data.prompts.split=train_prefs", "data.prompts.limit=8",
-                                                          "data.prompts.eval_split=test_prefs", "data.prompts.num_eval=2"])
+        file_cfg = compose(
+            config_name="config", overrides=["data=file", f"data.prompts.path={path}", "data.prompts.num_eval=2"]
+        )
+        hf_cfg = compose(
+            config_name="config",
+            overrides=[
+                "data=hf",
+                f"data.prompts.name={saved_dict}",
+                "data.prompts.split=train_prefs",
+                "data.prompts.limit=8",
+                "data.prompts.eval_split=test_prefs",
+                "data.prompts.num_eval=2",
+            ],
+        )
     assert build(file_cfg.data.prompts).load() == PromptSet(QUERIES[:8], QUERIES[8:])
     hf = build(hf_cfg.data.prompts).load()
     # hf.yaml picks a seeded subset (shuffle: true)

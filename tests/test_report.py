@@ -26,14 +26,25 @@ def write_job(sweep, number, overrides, quality, accuracy, rejected, variant=Non
     epoch plus the final policy's; `accuracy` and `rejected` one per epoch (iteration)."""
     job = sweep / str(number)
     (job / ".hydra").mkdir(parents=True)
-    config = {"seed": 0, "variant": variant, "logger": {"wandb": {"project": "proj", "save_dir": "${hydra:runtime.output_dir}"}},
-              "model": {"cache_dir": "${oc.env:SSO_LIGHTNING_CACHE,'~/.cache'}"}}
+    config = {
+        "seed": 0,
+        "variant": variant,
+        "logger": {"wandb": {"project": "proj", "save_dir": "${hydra:runtime.output_dir}"}},
+        "model": {"cache_dir": "${oc.env:SSO_LIGHTNING_CACHE,'~/.cache'}"},
+    }
     OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), job / ".hydra" / "overrides.yaml")
     rows, step = [], 0
     for epoch, (acc, rej) in enumerate(zip(accuracy, rejected)):
-        rows.append({"epoch": epoch, "step": step, "data/pair_accuracy": acc, "data/onpolicy_prob_rejected": rej,
-                     "data/onpolicy_prob_chosen": 0.5 + epoch / 100})
+        rows.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "data/pair_accuracy": acc,
+                "data/onpolicy_prob_rejected": rej,
+                "data/onpolicy_prob_chosen": 0.5 + epoch / 100,
+            }
+        )
         rows.append({"epoch": epoch, "step": step, "eval/quality": quality[epoch]})
         for _ in range(3):
             rows.append({"epoch": epoch, "step": step, "train/loss": 0.8 - step / 100, "train/acc_policy": 0.9})
@@ -51,8 +62,10 @@ def sweep_dir(tmp_path, jobs, task=("loss=sso,pbaa", "seed=1,2")):
     on-policy prob of y-, extra keyword arguments of write_job)."""
     sweep = tmp_path / "multirun" / "2026-01-01" / "12-00-00"
     sweep.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": list(task)}}}),
-                   sweep / "multirun.yaml")
+    OmegaConf.save(
+        OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": list(task)}}}),
+        sweep / "multirun.yaml",
+    )
     for number, (overrides, quality, accuracy, rejected, extra) in enumerate(jobs):
         write_job(sweep, number, overrides, [0.6, 0.65, quality], [0.9, accuracy], [0.07, rejected], **extra)
     return sweep
@@ -64,14 +77,20 @@ def make_stats(tmp_path, jobs):
 
 
 def test_labels_are_variant_plus_varying_overrides_without_seed(tmp_path):
-    sweep = sweep_dir(tmp_path, [
-        (["loss=pbaa", "seed=1", "logger=csv", "variant=PBAA"], 0.7, 0.9, 0.1, {"variant": "PBAA"}),
-        (["loss=pbaa", "seed=2", "logger=csv", "variant=PBAA"], 0.7, 0.9, 0.1, {"variant": "PBAA"}),
-        (["loss=sso", "loss.gamma=0.05", "seed=1", "logger=csv"], 0.7, 0.9, 0.1, {"variant": "SSO"}),
-        (["loss=sso", "loss.gamma=0.1", "seed=1", "logger=csv"], 0.7, 0.9, 0.1, {}),
-    ])
+    sweep = sweep_dir(
+        tmp_path,
+        [
+            (["loss=pbaa", "seed=1", "logger=csv", "variant=PBAA"], 0.7, 0.9, 0.1, {"variant": "PBAA"}),
+            (["loss=pbaa", "seed=2", "logger=csv", "variant=PBAA"], 0.7, 0.9, 0.1, {"variant": "PBAA"}),
+            (["loss=sso", "loss.gamma=0.05", "seed=1", "logger=csv"], 0.7, 0.9, 0.1, {"variant": "SSO"}),
+            (["loss=sso", "loss.gamma=0.1", "seed=1", "logger=csv"], 0.7, 0.9, 0.1, {}),
+        ],
+    )
     assert report.labels(report.collect_jobs(sweep)) == {
-        0: "PBAA (loss=pbaa)", 1: "PBAA (loss=pbaa)", 2: "SSO (loss=sso loss.gamma=0.05)", 3: "loss=sso loss.gamma=0.1",
+        0: "PBAA (loss=pbaa)",
+        1: "PBAA (loss=pbaa)",
+        2: "SSO (loss=sso loss.gamma=0.05)",
+        3: "loss=sso loss.gamma=0.1",
     }
 
 
@@ -83,11 +102,14 @@ def test_labels_without_anything_varying(tmp_path):
 
 
 def test_mean_and_std_over_seeds_match_hand_computation(tmp_path):
-    stats = make_stats(tmp_path, [
-        (["loss=sso", "seed=1"], 0.70, 0.90, 0.10, {}),
-        (["loss=pbaa", "seed=1"], 0.60, 0.80, 0.20, {}),
-        (["loss=sso", "seed=2"], 0.74, 0.94, 0.16, {}),
-    ])
+    stats = make_stats(
+        tmp_path,
+        [
+            (["loss=sso", "seed=1"], 0.70, 0.90, 0.10, {}),
+            (["loss=pbaa", "seed=1"], 0.60, 0.80, 0.20, {}),
+            (["loss=sso", "seed=2"], 0.74, 0.94, 0.16, {}),
+        ],
+    )
     assert list(stats.index) == ["loss=sso", "loss=pbaa"]  # order of first appearance
     sso, pbaa = stats.loc["loss=sso"], stats.loc["loss=pbaa"]
     assert sso[("n seeds", "")] == 2 and pbaa[("n seeds", "")] == 1
@@ -105,29 +127,42 @@ def test_mean_and_std_over_seeds_match_hand_computation(tmp_path):
 
 
 def test_verdict_within_noise_beyond_noise_and_one_seed(tmp_path):
-    stats = make_stats(tmp_path, [
-        (["loss=pbaa", "seed=1"], 0.70, 0.90, 0.10, {"variant": "PBAA"}),
-        (["loss=pbaa", "seed=2"], 0.74, 0.92, 0.12, {"variant": "PBAA"}),
-        (["loss=sso", "seed=1"], 0.71, 0.99, 0.30, {"variant": "SSO"}),
-        (["loss=sso", "seed=2"], 0.73, 0.98, 0.31, {"variant": "SSO"}),
-        (["loss=ipo", "seed=1"], 0.50, 0.90, 0.10, {"variant": "IPO"}),
-    ])
+    stats = make_stats(
+        tmp_path,
+        [
+            (["loss=pbaa", "seed=1"], 0.70, 0.90, 0.10, {"variant": "PBAA"}),
+            (["loss=pbaa", "seed=2"], 0.74, 0.92, 0.12, {"variant": "PBAA"}),
+            (["loss=sso", "seed=1"], 0.71, 0.99, 0.30, {"variant": "SSO"}),
+            (["loss=sso", "seed=2"], 0.73, 0.98, 0.31, {"variant": "SSO"}),
+            (["loss=ipo", "seed=1"], 0.50, 0.90, 0.10, {"variant": "IPO"}),
+        ],
+    )
     text = report.verdict(stats)
     assert text.splitlines()[0] == "Baseline: PBAA (loss=pbaa)."  # the first variant: none is labelled exactly PBAA
-    lines = {line.split(": final ")[0] + " " + line.split(": final ")[1].split(" is ")[0]: line
-             for line in text.splitlines() if ": final " in line}
+    lines = {
+        line.split(": final ")[0] + " " + line.split(": final ")[1].split(" is ")[0]: line
+        for line in text.splitlines()
+        if ": final " in line
+    }
     assert "within seed noise of PBAA" in lines["SSO (loss=sso) eval/quality"]
-    assert "higher than PBAA (loss=pbaa) by 0.0750 (beyond 2 standard errors" in lines["SSO (loss=sso) data/pair_accuracy"]
+    assert (
+        "higher than PBAA (loss=pbaa) by 0.0750 (beyond 2 standard errors" in lines["SSO (loss=sso) data/pair_accuracy"]
+    )
     assert "higher than" in lines["SSO (loss=sso) data/onpolicy_prob_rejected"]
     assert "lower than PBAA (loss=pbaa) by 0.2200 (one seed: no noise estimate)" in lines["IPO (loss=ipo) eval/quality"]
-    assert text.splitlines()[-1].startswith("Highest final eval/quality: PBAA (loss=pbaa) (0.720), within seed noise of runner-up SSO")
+    assert text.splitlines()[-1].startswith(
+        "Highest final eval/quality: PBAA (loss=pbaa) (0.720), within seed noise of runner-up SSO"
+    )
 
 
 def test_baseline_is_the_variant_called_pbaa(tmp_path):
-    stats = make_stats(tmp_path, [
-        (["seed=1"], 0.70, 0.90, 0.10, {"variant": "SSO"}),
-        (["seed=1"], 0.60, 0.90, 0.10, {"variant": "PBAA"}),
-    ])
+    stats = make_stats(
+        tmp_path,
+        [
+            (["seed=1"], 0.70, 0.90, 0.10, {"variant": "SSO"}),
+            (["seed=1"], 0.60, 0.90, 0.10, {"variant": "PBAA"}),
+        ],
+    )
     text = report.verdict(stats)
     assert text.splitlines()[0] == "Baseline: PBAA."
     assert "SSO: final eval/quality is higher than PBAA by 0.1000 (one seed: no noise estimate)." in text
@@ -138,12 +173,20 @@ def test_baselines_pbaa_under_the_same_overrides_or_against_a_given_value(tmp_pa
     for variant, quality in (("PBAA", 0.6), ("SSO", 0.7)):
         for errors in ("subtle", "blatant"):
             for seed in (1, 2):
-                jobs.append(([f"variant={variant.lower()}", f"model.teacher.bad_errors={errors}", f"seed={seed}"],
-                             quality, 0.9, 0.1, {"variant": variant}))
+                jobs.append(
+                    (
+                        [f"variant={variant.lower()}", f"model.teacher.bad_errors={errors}", f"seed={seed}"],
+                        quality,
+                        0.9,
+                        0.1,
+                        {"variant": variant},
+                    )
+                )
     found = report.collect_jobs(sweep_dir(tmp_path, jobs))
     assert report.baselines(found) == {
         f"{v} (model.teacher.bad_errors={e})": f"PBAA (model.teacher.bad_errors={e})"
-        for v in ("PBAA", "SSO") for e in ("subtle", "blatant")
+        for v in ("PBAA", "SSO")
+        for e in ("subtle", "blatant")
     }
     against = report.baselines(found, "model.teacher.bad_errors=blatant")
     assert against["SSO (model.teacher.bad_errors=subtle)"] == "SSO (model.teacher.bad_errors=blatant)"
@@ -154,13 +197,22 @@ def test_baselines_pbaa_under_the_same_overrides_or_against_a_given_value(tmp_pa
 
 def test_report_files_and_missing_jobs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    sweep = sweep_dir(tmp_path, [
-        (["loss=sso", "seed=1"], 0.70, 0.90, 0.10, {}),
-        (["loss=pbaa", "seed=1"], 0.60, 0.80, 0.20, {}),
-        (["loss=sso", "seed=2"], 0.74, 0.94, 0.16, {}),
-        (["loss=pbaa", "seed=2"], 0.0, 0.0, 0.0, {"finished": False, "failed": "ValueError: loss.g=0 would multiply"}),
-        (["loss=sso", "seed=3"], 0.0, 0.0, 0.0, {"finished": False}),
-    ])
+    sweep = sweep_dir(
+        tmp_path,
+        [
+            (["loss=sso", "seed=1"], 0.70, 0.90, 0.10, {}),
+            (["loss=pbaa", "seed=1"], 0.60, 0.80, 0.20, {}),
+            (["loss=sso", "seed=2"], 0.74, 0.94, 0.16, {}),
+            (
+                ["loss=pbaa", "seed=2"],
+                0.0,
+                0.0,
+                0.0,
+                {"finished": False, "failed": "ValueError: loss.g=0 would multiply"},
+            ),
+            (["loss=sso", "seed=3"], 0.0, 0.0, 0.0, {"finished": False}),
+        ],
+    )
     assert report.main([str(sweep)]) == 0
     text = (sweep / "report.md").read_text()
     assert "`python -m sso_lightning -m loss=sso,pbaa seed=1,2`" in text
@@ -185,8 +237,15 @@ def test_report_files_and_missing_jobs(tmp_path, monkeypatch, capsys):
 
 def run_cli(*args):
     env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "sso_lightning.report", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "sso_lightning.report", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def assert_error(result, *words):
@@ -204,10 +263,13 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path):
     empty = tmp_path / "empty"
     (empty / "0.hydra").mkdir(parents=True)
     assert_error(run_cli(str(empty)), "no job subdirectories", "python -m sso_lightning -m")
-    sweep = sweep_dir(tmp_path, [
-        (["seed=1"], 0.0, 0.0, 0.0, {"finished": False, "failed": "RuntimeError: boom"}),
-        (["seed=2"], 0.0, 0.0, 0.0, {"finished": False}),
-    ])
+    sweep = sweep_dir(
+        tmp_path,
+        [
+            (["seed=1"], 0.0, 0.0, 0.0, {"finished": False, "failed": "RuntimeError: boom"}),
+            (["seed=2"], 0.0, 0.0, 0.0, {"finished": False}),
+        ],
+    )
     assert_error(run_cli(str(sweep)), "no job", "1 failed", "1 unfinished")
     for directory in (empty, sweep):
         assert not any((directory / name).exists() for name in OUTPUTS)

@@ -74,13 +74,16 @@ def test_variants_are_deterministic_with_a_seed():
     assert any(make(1) != make(seed) for seed in range(2, 8))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"num_degrees": 0}, "loss.spo.num_degrees must be >= 1"),
-    ({"unit": "half"}, "loss.spo.unit=half is not valid (valid: count, share)"),
-    ({"extractor": "yake"}, "loss.spo.extractor=yake is not valid (valid: rake, toy)"),
-    ({"responses": "all"}, "loss.spo.responses=all is not valid (valid: chosen, rejected, both)"),
-    ({"weight": -1.0}, "loss.spo.weight must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_degrees": 0}, "loss.spo.num_degrees must be >= 1"),
+        ({"unit": "half"}, "loss.spo.unit=half is not valid (valid: count, share)"),
+        ({"extractor": "yake"}, "loss.spo.extractor=yake is not valid (valid: rake, toy)"),
+        ({"responses": "all"}, "loss.spo.responses=all is not valid (valid: chosen, rejected, both)"),
+        ({"weight": -1.0}, "loss.spo.weight must be >= 0"),
+    ],
+)
 def test_bad_settings_fail_with_the_option_named(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         SPO(**kwargs)
@@ -134,8 +137,11 @@ def test_spo_loss_is_the_preference_loss_plus_lambda_times_the_degree_loss_and_t
     # the degree loss by hand: the variant rows alone, mean of the last hidden state over response tokens
     rows = len(module.keys) * len(world[2])
     with torch.no_grad():
-        hidden = module.policy(input_ids=batch["input_ids"][rows:], attention_mask=batch["attention_mask"][rows:],
-                               output_hidden_states=True).hidden_states[-1]
+        hidden = module.policy(
+            input_ids=batch["input_ids"][rows:],
+            attention_mask=batch["attention_mask"][rows:],
+            output_hidden_states=True,
+        ).hidden_states[-1]
         mask = batch["response_mask"][rows:]
         pooled = torch.stack([hidden[i][mask[i]].mean(0) for i in range(len(mask))])
         degree = torch.nn.functional.cross_entropy(module.degree_head(pooled), batch["degree_labels"])
@@ -152,8 +158,9 @@ def test_spo_loss_is_the_preference_loss_plus_lambda_times_the_degree_loss_and_t
 RUN = [*TINY, "trainer.max_epochs=1", "data.prompts.num_train=16", "data.prompts.num_eval=8", "loss.aux=spo"]
 
 
-@pytest.mark.parametrize("variant, prefixes", [("pbaa", ["train"]), ("sso", ["train"]),
-                                               ("sso_two_stage", ["generator", "train"])])
+@pytest.mark.parametrize(
+    "variant, prefixes", [("pbaa", ["train"]), ("sso", ["train"]), ("sso_two_stage", ["generator", "train"])]
+)
 def test_spo_runs_end_to_end_and_the_head_stays_out_of_the_exported_policy(cli, tmp_path, variant, prefixes):
     run_dir = tmp_path / "run"
     result = cli(*RUN, f"variant={variant}", f"hydra.run.dir={run_dir}")

@@ -255,7 +255,9 @@ def test_bad_completeness_and_concision_blatant_vs_subtle():
                 assert dropped == min(max(1, n // 2), n - 1)
             else:
                 assert 1 <= dropped <= min(2, n - 1)
-            digits, fillers = split(Teacher(bad_errors=bad_errors).answer(q, ("order", "completeness"), ("concision",), rng))
+            digits, fillers = split(
+                Teacher(bad_errors=bad_errors).answer(q, ("order", "completeness"), ("concision",), rng)
+            )
             assert digits == sorted(wanted)
             assert all(w in FILLER_WORDS for w in fillers)
             assert (4 <= len(fillers) <= 6) if bad_errors == "blatant" else (1 <= len(fillers) <= 2)
@@ -296,7 +298,9 @@ def test_teacher_deterministic_given_rng_seed():
 
     def run(seed):
         rng = random.Random(seed)
-        return [teacher.answer(q, ("order",), ("concision",), rng) for q in qs] + [teacher.answer(q, (), (), rng) for q in qs]
+        return [teacher.answer(q, ("order",), ("concision",), rng) for q in qs] + [
+            teacher.answer(q, (), (), rng) for q in qs
+        ]
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -355,10 +359,14 @@ def test_save_and_reload_gives_same_ids(tmp_path):
     before = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     tok.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
-    after = loaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    after = loaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     assert list(after) == list(before)
     assert (loaded.eos_token_id, loaded.pad_token_id, loaded.unk_token_id) == (
-        tok.eos_token_id, tok.pad_token_id, tok.unk_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+        tok.unk_token_id,
     )
     assert loaded.get_vocab() == tok.get_vocab()
 

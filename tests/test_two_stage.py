@@ -45,10 +45,20 @@ def run_recorded(monkeypatch, tmp_path, model_dir, *overrides):
     monkeypatch.setattr(callbacks, "set_aside", spy_set_aside)
     monkeypatch.setattr(callbacks, "restore", spy_restore)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            *RUN, "model=hf", f"model.name_or_path={model_dir}", "variant=sso_two_stage", "optimizer.lr=1e-3", "data.batch_size=4",
-            f"trainer.default_root_dir={tmp_path}", "+trainer.enable_progress_bar=false", *overrides,
-        ])
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                *RUN,
+                "model=hf",
+                f"model.name_or_path={model_dir}",
+                "variant=sso_two_stage",
+                "optimizer.lr=1e-3",
+                "data.batch_size=4",
+                f"trainer.default_root_dir={tmp_path}",
+                "+trainer.enable_progress_bar=false",
+                *overrides,
+            ],
+        )
     run(cfg, tmp_path / "run")
     return events
 
@@ -77,7 +87,9 @@ def test_generator_and_policy_each_change_only_in_their_own_phase(monkeypatch, t
 
 def test_two_stage_run_writes_both_snapshots_and_logs_per_iteration(cli, tmp_path, model_dir):
     run_dir = tmp_path / "run"
-    result = cli(*RUN, "model=hf", f"model.name_or_path={model_dir}", "variant=sso_two_stage", f"hydra.run.dir={run_dir}")
+    result = cli(
+        *RUN, "model=hf", f"model.name_or_path={model_dir}", "variant=sso_two_stage", f"hydra.run.dir={run_dir}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in (run_dir / "data").iterdir())
     assert names == ["epoch_0.jsonl", "epoch_0_generator.jsonl", "epoch_1.jsonl", "epoch_1_generator.jsonl"]
@@ -91,18 +103,29 @@ def test_two_stage_run_writes_both_snapshots_and_logs_per_iteration(cli, tmp_pat
     for speed, phase in (("perf/generator_tokens_per_s", "generator/loss"), ("perf/train_tokens_per_s", "train/loss")):
         phase_ends = metrics.loc[metrics[phase].notna()].groupby("epoch")["step"].max() + 1
         assert metrics.loc[metrics[speed].notna(), "step"].tolist() == phase_ends.tolist(), speed  # its own phase's end
-    for column in ("generator/loss", "generator/loss_plus", "generator/loss_minus", "train/loss", "train/acc_policy",
-                   "steering/pair_accuracy", "data/pair_accuracy", "data/onpolicy_prob_rejected"):
+    for column in (
+        "generator/loss",
+        "generator/loss_plus",
+        "generator/loss_minus",
+        "train/loss",
+        "train/acc_policy",
+        "steering/pair_accuracy",
+        "data/pair_accuracy",
+        "data/onpolicy_prob_rejected",
+    ):
         assert table[column].iloc[:2].notna().all(), column
     assert "train/loss_plus" not in table and "train/W" not in table
     assert table["eval/quality"].notna().all()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["scheme=two_stage", "variant=pbaa"], "scheme=two_stage trains the data generator"),
-    (["variant=sso_two_stage", "data.regenerate=false"], "data.regenerate=false need scheme=combined"),
-    (["scheme=three_stage"], "scheme=three_stage is not valid (valid: combined, two_stage)"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["scheme=two_stage", "variant=pbaa"], "scheme=two_stage trains the data generator"),
+        (["variant=sso_two_stage", "data.regenerate=false"], "data.regenerate=false need scheme=combined"),
+        (["scheme=three_stage"], "scheme=three_stage is not valid (valid: combined, two_stage)"),
+    ],
+)
 def test_incompatible_scheme_options_fail_in_one_line(cli, tmp_path, overrides, message):
     result = cli(*RUN, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2

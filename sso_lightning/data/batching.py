@@ -20,7 +20,9 @@ def split_key(key: str) -> tuple[str, str]:
     return prompt, response
 
 
-def sequence_pairs(examples: Sequence[SteeredExample], keys: Sequence[str]) -> list[tuple[Sequence[int], Sequence[int]]]:
+def sequence_pairs(
+    examples: Sequence[SteeredExample], keys: Sequence[str]
+) -> list[tuple[Sequence[int], Sequence[int]]]:
     pairs = []
     for key in keys:
         prompt_key, response_key = split_key(key)

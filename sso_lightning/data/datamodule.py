@@ -15,7 +15,13 @@ from sso_lightning.data.snapshot import SteeredExample
 
 class SteeredDataModule(L.LightningDataModule):
     def __init__(
-        self, batch_size: int, keys: Sequence[str], pad_id: int, shuffle: bool = True, seed: int = 0, num_workers: int = 0,
+        self,
+        batch_size: int,
+        keys: Sequence[str],
+        pad_id: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
         degree_rows: DegreeRows | None = None,
     ):
         super().__init__()
@@ -32,11 +38,24 @@ class SteeredDataModule(L.LightningDataModule):
         """Under several processes, our own DistributedSampler: Lightning's would always
         shuffle, and ``shuffle=false`` must give every run the same global batches."""
         if self.trainer is not None and self.trainer.world_size > 1:
-            sampler = DistributedSampler(self.examples, num_replicas=self.trainer.world_size,
-                                         rank=self.trainer.global_rank, shuffle=self.shuffle, seed=self.seed)
-            return DataLoader(self.examples, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collator,
-                              num_workers=self.num_workers)
+            sampler = DistributedSampler(
+                self.examples,
+                num_replicas=self.trainer.world_size,
+                rank=self.trainer.global_rank,
+                shuffle=self.shuffle,
+                seed=self.seed,
+            )
+            return DataLoader(
+                self.examples,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                collate_fn=self.collator,
+                num_workers=self.num_workers,
+            )
         return DataLoader(
-            self.examples, batch_size=self.batch_size, shuffle=self.shuffle, collate_fn=self.collator,
+            self.examples,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            collate_fn=self.collator,
             num_workers=self.num_workers,
         )

@@ -65,10 +65,12 @@ class GeneratedPrinciples:
 
     def write(self, queries: list[str]) -> None:
         names = list(self.library.features)
-        replies = self.complete([
-            FEATURE_PROMPT.format(query=q, n=self.num_features, features=", ".join(n.capitalize() for n in names))
-            for q in queries
-        ])
+        replies = self.complete(
+            [
+                FEATURE_PROMPT.format(query=q, n=self.num_features, features=", ".join(n.capitalize() for n in names))
+                for q in queries
+            ]
+        )
         chosen = {q: self.parse_features(q, reply) for q, reply in zip(queries, replies)}
         requests = [(q, f) for q in queries for f in chosen[q]]
         replies = self.complete([PRINCIPLE_PROMPT.format(query=q, feature=f.capitalize()) for q, f in requests])
@@ -79,12 +81,17 @@ class GeneratedPrinciples:
                 features.append("concision")
                 pairs.append(dict(self.library.concision))
             sep = self.library.separator
-            self.cache[q] = PrinciplePair(tuple(features), sep.join(p["good"] for p in pairs), sep.join(p["bad"] for p in pairs))
+            self.cache[q] = PrinciplePair(
+                tuple(features), sep.join(p["good"] for p in pairs), sep.join(p["bad"] for p in pairs)
+            )
 
     def parse_features(self, query: str, reply: str) -> tuple[str, ...]:
         """Known feature names in the order the reply mentions them, at most num_features."""
-        found = sorted((m.start(), name) for name in self.library.features
-                       if (m := re.search(rf"\b{re.escape(name)}\b", reply, re.IGNORECASE)))
+        found = sorted(
+            (m.start(), name)
+            for name in self.library.features
+            if (m := re.search(rf"\b{re.escape(name)}\b", reply, re.IGNORECASE))
+        )
         names = tuple(dict.fromkeys(name for _, name in found))[: self.num_features]
         if names:
             self.stats["features_parsed"] += 1

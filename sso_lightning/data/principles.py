@@ -36,9 +36,13 @@ class PrincipleLibrary:
     def __post_init__(self):
         for name, pair in {**self.features, **({"concision": self.concision} if self.concision else {})}.items():
             if set(pair) != {"good", "bad"}:
-                raise ConfigError(f"principles.features.{name} must have exactly the keys good and bad (got {sorted(pair)})")
+                raise ConfigError(
+                    f"principles.features.{name} must have exactly the keys good and bad (got {sorted(pair)})"
+                )
         if len(self.features_per_prompt) != 2:
-            raise ConfigError(f"principles.features_per_prompt must be [low, high] (got {list(self.features_per_prompt)})")
+            raise ConfigError(
+                f"principles.features_per_prompt must be [low, high] (got {list(self.features_per_prompt)})"
+            )
         low, high = self.features_per_prompt
         if not 1 <= low <= high <= len(self.features):
             raise ConfigError(

@@ -55,7 +55,9 @@ def from_record(record: dict, tokenizer, where: str) -> SteeredExample:
     """An example from our snapshot format or the authors' text-only format."""
     missing = [f for f in REQUIRED_FIELDS if not isinstance(record.get(f), str)]
     if missing:
-        raise ConfigError(f"{where}: missing string field(s) {', '.join(missing)} (required: {', '.join(REQUIRED_FIELDS)})")
+        raise ConfigError(
+            f"{where}: missing string field(s) {', '.join(missing)} (required: {', '.join(REQUIRED_FIELDS)})"
+        )
     principles = PrinciplePair(tuple(record.get("features", ())), record["p_system"], record["n_system"])
     query, system = record["instruction"], record.get("system") or None
     prompt = SteeredPrompt(
@@ -80,7 +82,9 @@ def from_record(record: dict, tokenizer, where: str) -> SteeredExample:
             done = True
         responses[key] = Response(ids=ids, text=record[name], finished=done)
     scores = {key: record["scores"][name] for key, name in RESPONSE_FIELDS.items() if name in record.get("scores", {})}
-    return SteeredExample(prompt=prompt, responses=responses, scores=scores, ref_logps=dict(record.get("ref_logps", {})))
+    return SteeredExample(
+        prompt=prompt, responses=responses, scores=scores, ref_logps=dict(record.get("ref_logps", {}))
+    )
 
 
 def read_snapshot(path: Path, tokenizer, keys: Iterable[str]) -> list[SteeredExample]:

@@ -75,8 +75,11 @@ class ToyPolicy:
         settings = {
             "version": FORMAT_VERSION,
             "principles": {"features": dict(self.principles.features), "concision": self.principles.concision},
-            "principle_choice": [list(self.principles.features_per_prompt), self.principles.concision_probability,
-                                 self.principles.seed],
+            "principle_choice": [
+                list(self.principles.features_per_prompt),
+                self.principles.concision_probability,
+                self.principles.seed,
+            ],
             "teacher": asdict(self.teacher),
             "sft": asdict(self.sft),
             "model": [self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads],
@@ -84,7 +87,10 @@ class ToyPolicy:
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def vocabulary(self) -> list[str]:
-        pairs = [*self.principles.features.values(), *([self.principles.concision] if self.principles.concision else [])]
+        pairs = [
+            *self.principles.features.values(),
+            *([self.principles.concision] if self.principles.concision else []),
+        ]
         return [QUERY_WORD, *DIGITS, *FILLER_WORDS, *(p[side] for p in pairs for side in ("good", "bad"))]
 
     def build(self, path: Path) -> None:
@@ -94,12 +100,22 @@ class ToyPolicy:
             torch.manual_seed(self.sft.seed)
             model = LlamaForCausalLM(self.model_config(tokenizer))
             L.Trainer(
-                max_epochs=self.sft.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                enable_model_summary=False, enable_progress_bar=True, gradient_clip_val=1.0,
-            ).fit(SFTModule(model, self.sft.lr), DataLoader(
-                self.sft_pairs(tokenizer), batch_size=self.sft.batch_size, shuffle=True,
-                collate_fn=lambda pairs: pack_pairs(pairs, tokenizer.pad_token_id),
-            ))
+                max_epochs=self.sft.epochs,
+                accelerator="cpu",
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=True,
+                gradient_clip_val=1.0,
+            ).fit(
+                SFTModule(model, self.sft.lr),
+                DataLoader(
+                    self.sft_pairs(tokenizer),
+                    batch_size=self.sft.batch_size,
+                    shuffle=True,
+                    collate_fn=lambda pairs: pack_pairs(pairs, tokenizer.pad_token_id),
+                ),
+            )
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
@@ -112,10 +128,17 @@ class ToyPolicy:
 
     def model_config(self, tokenizer) -> LlamaConfig:
         return LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads, num_key_value_heads=self.num_heads,
-            max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+            vocab_size=len(tokenizer),
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_heads,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
         )
 
     def sft_pairs(self, tokenizer) -> list[tuple[list[int], list[int]]]:
