@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sso_lightning.errors import ConfigError
+from sso_lightning.models import inference
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,6 @@ class Sampling:
             )
 
 
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -47,13 +47,11 @@ def generate(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Response]:
     """One sampled response per prompt (token ids), in the order of ``prompts``."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Response | None] = [None] * len(prompts)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    try:
+    with inference(model):
         for start in range(0, len(order), sampling.batch_size):
             batch = order[start : start + sampling.batch_size]
             input_ids, attention_mask = pad_batch([prompts[i] for i in batch], pad, device, side="left")
@@ -73,8 +71,6 @@ def generate(
                 results[i] = cut_at_eos(row, eos, tokenizer)
             if on_batch is not None:
                 on_batch(len(batch))
-    finally:
-        model.train(was_training)
     return results  # type: ignore[return-value]
 
 

@@ -2,10 +2,10 @@
 
 A judge scores (query, response) pairs in [0, 1]; pair accuracy and policy quality
 are computed from those scores, so a reward model or an LLM judge can replace
-the toy oracle without touching the metrics code. Judges: ``ToyOracle`` (exact, toy
-world only), ``RewardModelJudge`` (a Hugging Face reward model) and ``LLMJudge`` (a local
-causal LM asked pairwise, in both orders, and for ratings); :func:`pair_preferences`
-compares y+ with y- through ``prefer`` when a judge has it, else through ``score``.
+the toy oracle (``toy.oracle``) without touching the metrics code. Judges here:
+``RewardModelJudge`` (a Hugging Face reward model) and ``LLMJudge`` (a local causal LM
+asked pairwise, in both orders, and for ratings). :func:`pair_preferences` compares y+ with
+y- through ``prefer`` when a judge has it, else through ``score``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Protocol
 from sso_lightning.errors import ConfigError
 from sso_lightning.generation import Response, pad_batch
 from sso_lightning.models import load_failure, resolve_dtype
-from sso_lightning.toy.task import oracle_score
 
 
 class Judge(Protocol):
@@ -26,17 +25,6 @@ class Judge(Protocol):
     verdicts) that chosen beats rejected; :func:`pair_preferences` uses it when present."""
 
     def score(self, queries: Sequence[str], responses: Sequence[Response]) -> list[float]: ...
-
-
-class ToyOracle:
-    """Exact scores for toy-world queries (digit sorting)."""
-
-    def score(self, queries: Sequence[str], responses: Sequence[Response]) -> list[float]:
-        _check_lengths(queries, responses)
-        try:
-            return [oracle_score(q, r.text, r.finished) for q, r in zip(queries, responses)]
-        except ValueError as e:
-            raise ConfigError(f"judge=toy_oracle scores only toy-world prompts: {e}; choose another judge") from None
 
 
 def score_wins(chosen: Sequence[float], rejected: Sequence[float]) -> list[float]:
@@ -86,7 +74,7 @@ def pair_preferences(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_lengths(queries: Sequence[str], *groups: Sequence[Response]) -> None:
+def check_lengths(queries: Sequence[str], *groups: Sequence[Response]) -> None:
     for g in groups:
         if len(g) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(g)} responses")
@@ -94,7 +82,7 @@ def _check_lengths(queries: Sequence[str], *groups: Sequence[Response]) -> None:
 
 def _score_finished(queries: Sequence[str], responses: Sequence[Response], rate) -> list[float]:
     """Scores in [0, 1]: 0 for unfinished answers, ``rate(queries, texts)`` for the finished ones."""
-    _check_lengths(queries, responses)
+    check_lengths(queries, responses)
     scores = [0.0] * len(queries)
     todo = [i for i, r in enumerate(responses) if r.finished]
     if todo:
@@ -315,7 +303,7 @@ class LLMJudge(_HFJudge):
         return torch.cat(out) if out else torch.zeros((0, len(labels)))
 
     def prefer(self, queries: Sequence[str], chosen: Sequence[Response], rejected: Sequence[Response]) -> list[float]:
-        _check_lengths(queries, chosen, rejected)
+        check_lengths(queries, chosen, rejected)
         prefs = [0.5] * len(queries)
         todo = []
         for i, (c, r) in enumerate(zip(chosen, rejected)):

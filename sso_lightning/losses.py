@@ -1,22 +1,22 @@
-"""Pure tensor functions for SSO (see SSO.md): per-sequence log-probs, base pairwise
-losses, the SFT term, the steering terms L+ and L-, the weight W, and the combined
-objective. No Lightning, no I/O."""
+"""Pure tensor functions for SSO (README, "The loss"): per-sequence log-probs, base pairwise
+losses, the SFT term, the steering terms L+ and L-, the weight W, and the objective in
+each phase. No Lightning, no I/O, no data layer."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sso_lightning.data.degrees import RESPONSES, DegreeVariants
 from sso_lightning.errors import ConfigError
+from sso_lightning.sequences import PLAIN_KEYS, SEQUENCE_KEYS
 
-# (prompt, response) pairs a training batch can hold: prompt in x, x+, x-; response in y+, y-, yo.
-SEQUENCE_KEYS = ("x|y+", "x|y-", "x+|y+", "x+|y-", "x-|yo", "x-|y+", "x-|y-")
+if TYPE_CHECKING:
+    from sso_lightning.auxiliary import AuxiliaryLoss
 
 
 class SeqLogps(NamedTuple):
@@ -175,53 +175,22 @@ def steering_weight(
     return w.detach() if detach else w
 
 
-@dataclass(frozen=True)
-class SPO:
-    """SPO's self-supervised preference-degree loss (Li et al., 2024), added to any
-    preference loss as ``weight * cross_entropy(head logits, degree labels)``. The head
-    sits on the policy's final hidden state, mean-pooled over a degree variant's response
-    tokens; ``num_degrees``, ``unit``, ``responses``, ``extractor`` and ``seed`` shape the
-    variants (see ``data.degrees``)."""
-
-    weight: float = 0.1
-    num_degrees: int = 3
-    unit: str = "count"
-    responses: str = "chosen"
-    extractor: str = "rake"
-    seed: int = 0
-    head_lr: float | None = 1e-3  # the new head's learning rate; None: the optimizer's
-
-    def __post_init__(self):
-        if not self.weight >= 0:
-            raise ConfigError(f"loss.spo.weight must be >= 0 (got {self.weight})")
-        if self.responses not in RESPONSES:
-            raise ConfigError(f"loss.spo.responses={self.responses} is not valid (valid: {', '.join(RESPONSES)})")
-        self.variants()  # checks the rest
-
-    def variants(self) -> DegreeVariants:
-        return DegreeVariants(self.num_degrees, self.unit, self.extractor, self.seed)
-
-    def __call__(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        loss = F.cross_entropy(logits.float(), labels)
-        return {"loss_degree": loss, "degree_acc": (logits.argmax(-1) == labels).float().mean()}
-
-
-AUX_LOSSES = (None, "spo")
 MINUS_FORMS = ("paper", "naive", "off")
 PHASES = ("combined", "generator", "policy")
 
 
 @dataclass
 class SSOObjective:
-    """The SSO objective, per example, batch mean. ``phase`` picks the scheme (SSO.md):
+    """The SSO objective, per example, batch mean. ``phase`` names the loss a scheme's
+    phase trains (README, "The loss"; a scheme is a sequence of these phases):
 
-    * combined (scheme 1): P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
+    * combined (scheme combined): P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
       with g = 0 the authors' code multiplies P itself by W.
-    * generator / policy (scheme 2, two_stage): the data generator learns L+ + L- alone;
+    * generator / policy (scheme two_stage): the data generator learns L+ + L- alone;
       the policy learns P alone, on the generator's pairs. W and g weigh the two against
       each other in one loss, so they play no part here.
 
-    ``aux="spo"`` adds SPO's degree loss (``spo``) in every phase.
+    ``aux`` (an auxiliary loss, e.g. SPO) adds ``aux.weight`` times its loss in every phase.
 
     PBAA is SSOObjective(base, g=0, plus=False, minus="off", weight=False)."""
 
@@ -234,12 +203,9 @@ class SSOObjective:
     weight: bool = True
     alpha: float = 0.66
     detach_weight: bool = False
-    aux: str | None = None
-    spo: SPO = field(default_factory=SPO)
+    aux: AuxiliaryLoss | None = None
 
     def __post_init__(self):
-        if self.aux not in AUX_LOSSES:
-            raise ConfigError(f"loss.aux={self.aux} is not valid (valid: null, spo)")
         if self.minus not in MINUS_FORMS:
             raise ConfigError(f"loss.minus must be one of {', '.join(MINUS_FORMS)} (got {self.minus!r})")
         for name in ("g", "gamma", "policy_sft"):
@@ -263,7 +229,7 @@ class SSOObjective:
         """The sequences a phase reads, in SEQUENCE_KEYS order (so callers run forwards
         only for those)."""
         check_phase(phase)
-        needed = {"x|y+", "x|y-"} if phase != "generator" else set()  # the policy term, and W
+        needed = set(PLAIN_KEYS) if phase != "generator" else set()  # the policy term, and W
         if phase != "policy":
             if self.plus:
                 needed |= {"x+|y+", "x+|y-"}
@@ -277,9 +243,9 @@ class SSOObjective:
         self,
         seqs: Mapping[str, SeqLogps],
         phase: str = "combined",
-        degrees: tuple[Tensor, Tensor] | None = None,
+        aux_terms: tuple[Tensor, Mapping[str, Tensor]] | None = None,
     ) -> dict[str, Tensor]:
-        """``degrees``: the degree head's logits and the labels, required with aux=spo."""
+        """``aux_terms``: the auxiliary loss's (loss, metrics) on this batch, required with ``aux``."""
         missing = [k for k in self.required_sequences(phase) if k not in seqs]
         if missing:
             raise KeyError(f"SSOObjective needs sequences {missing} (has {sorted(seqs)})")
@@ -309,12 +275,12 @@ class SSOObjective:
             else:
                 total = policy * w if w is not None else policy
         out = {"loss": total.mean(), **{k: v.detach().mean() for k, v in terms.items()}}
-        if self.aux == "spo":
-            if degrees is None:
-                raise ValueError("loss.aux=spo needs the degree head's logits and labels")
-            degree = self.spo(*degrees)
-            out["loss"] = out["loss"] + self.spo.weight * degree["loss_degree"]
-            out.update({k: v.detach() for k, v in degree.items()})
+        if self.aux is not None:
+            if aux_terms is None:
+                raise ValueError("an objective with an auxiliary loss needs its (loss, metrics) on the batch")
+            aux_loss, aux_metrics = aux_terms
+            out["loss"] = out["loss"] + self.aux.weight * aux_loss
+            out.update({k: v.detach() for k, v in aux_metrics.items()})
         if w is not None:
             out["W"] = w.detach().mean()
         for name, pair in pairs.items():

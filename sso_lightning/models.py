@@ -1,8 +1,11 @@
-"""Loading a policy and its tokenizer through ``from_pretrained`` (hub id or local dir)."""
+"""Loading a policy and its tokenizer through ``from_pretrained`` (hub id or local dir),
+the model options that apply to every policy, and running a model for inference."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,37 +58,83 @@ class LoraSettings:
             raise ConfigError(f"model.lora.target_modules={targets}: {' '.join(str(e).split())}") from None
 
 
+@contextmanager
+def inference(model) -> Iterator[None]:
+    """Eval mode without gradients for generation and scoring; the training mode comes back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+TrainingForward = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def training_forward(model, compile: bool = False, backend: str = "inductor") -> TrainingForward:
+    """``(input_ids, attention_mask, hidden) -> (logits, final hidden state or None)`` for training
+    steps; compiled on request. Generation calls the model itself, so its changing shapes stay eager,
+    and a compiled function (not a module attribute) keeps the policy once in the state dict."""
+
+    def forward(input_ids, attention_mask, hidden: bool):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=hidden)
+        return out.logits, out.hidden_states[-1] if hidden else None
+
+    return torch.compile(forward, backend=backend) if compile else forward
+
+
 def has_adapters(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
 @dataclass
 class PretrainedPolicy:
-    """A causal LM by hub id or directory. ``dtype: auto`` is bfloat16 on GPU, float32 on CPU.
-    ``compile`` is read by the training module (it compiles the training forward only, so
-    generation keeps its dynamic shapes)."""
+    """A causal LM by hub id or directory, with the options every policy takes. ``dtype: auto``
+    is bfloat16 on GPU, float32 on CPU. ``compile`` compiles the training forward only
+    (``training_forward``). A subclass may decide where the weights come from (``weights``);
+    the loading is this class's alone."""
 
-    name_or_path: str
+    name_or_path: str | None = None
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     compile: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
 
-    def load(self):
+    def weights(self) -> str:
+        """The hub id or directory to load."""
+        if not self.name_or_path:
+            raise ConfigError("model.name_or_path is not set (a hub id or a local directory)")
+        return self.name_or_path
+
+    def training_forward(self, model) -> TrainingForward:
+        return training_forward(model, self.compile)
+
+    def load(self, path_option: str = "model.name_or_path"):
+        """(model, tokenizer); ``path_option`` names the setting that chose the weights in errors."""
         dtype = resolve_dtype(self.dtype, "model.dtype")
+        if self.attn_implementation not in ATTENTION:
+            raise ConfigError(
+                f"model.attn_implementation={self.attn_implementation} is not valid (valid: {', '.join(ATTENTION)})"
+            )
         if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise ConfigError(
                 "model.attn_implementation=flash_attention_2 needs the flash-attn package (GPU only): "
                 "pip install -e '.[flash-attn]', or use model.attn_implementation=sdpa"
             )
+        path = self.weights()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(
-                self.name_or_path, dtype=dtype, attn_implementation=self.attn_implementation
+                path, dtype=dtype, attn_implementation=self.attn_implementation
             )
         except (OSError, ValueError) as e:
-            raise load_failure("model.name_or_path", self.name_or_path, e) from None
+            raise load_failure(path_option, path, e) from None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if self.gradient_checkpointing:

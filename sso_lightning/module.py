@@ -5,23 +5,23 @@ through ONE forward pass; per-sequence summed log-probs come off its logits and 
 objective from ``losses`` does the rest. Reference log-probs arrive with the data,
 so no reference model is held here.
 
-With SPO (``loss.aux=spo``) the batch's degree variants ride in the same forward; a
-linear head on their final hidden state, mean-pooled over the response, classifies their
-degree. The head is part of this module (and its checkpoints), not of the policy.
+With an auxiliary loss (``loss/aux=spo``) its rows ride in the same forward, and its head
+on the final hidden state is part of this module (and its checkpoints), not of the policy.
 
-Under scheme two_stage every SSO iteration is two epochs: the regeneration callback
-sets ``phase`` to "generator" (the weights learn L+ + L- as the data generator, logged
-as ``generator/*``) and then to "policy" (``train/*``). Logged epochs are iterations.
+A scheme's iteration is one or more phases, one epoch each; the ``Iterations`` callback sets
+``phase`` before each. The generator phase of two_stage logs as ``generator/*``, every other
+phase as ``train/*``. Logged epochs are iterations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 
 from sso_lightning.losses import SeqLogps, SSOObjective, sequence_logps
+from sso_lightning.models import TrainingForward, training_forward
 
 
 class SSOModule(L.LightningModule):
@@ -31,39 +31,31 @@ class SSOModule(L.LightningModule):
         tokenizer,
         objective: SSOObjective,
         optimizer: Callable[..., torch.optim.Optimizer],
-        compile: bool = False,
-        compile_backend: str = "inductor",
-        scheme: str = "combined",
+        phases: Sequence[str] = ("combined",),
+        forward: TrainingForward | None = None,
     ):
+        """``forward``: the training forward (default: the policy's own, uncompiled)."""
         super().__init__()
         self.policy, self.tokenizer, self.objective, self.make_optimizer = policy, tokenizer, objective, optimizer
-        # compiled for training steps only: generation calls the plain module with changing shapes.
-        # A compiled bound method, not a module attribute, so state_dict holds the policy once.
-        self.policy_forward = (
-            torch.compile(self._policy_forward, backend=compile_backend) if compile else self._policy_forward
-        )
-        self.degree_head = None
-        if objective.aux == "spo":
-            self.degree_head = torch.nn.Linear(policy.config.hidden_size, objective.spo.num_degrees + 1)
-        self.phases_per_iteration = 2 if scheme == "two_stage" else 1
-        self.phase = "combined" if scheme == "combined" else "generator"
+        self.policy_forward = forward or training_forward(policy)
+        self.aux_head = objective.aux.head(policy.config.hidden_size) if objective.aux is not None else None
+        self.phases_per_iteration = len(phases)
+        self.phase = phases[0]
         policy.train()  # from_pretrained returns eval mode
 
     def training_step(self, batch, batch_idx):
-        spo = self.degree_head is not None
-        logits, hidden = self.policy_forward(batch["input_ids"], batch["attention_mask"], spo)
+        aux = self.aux_head is not None
+        logits, hidden = self.policy_forward(batch["input_ids"], batch["attention_mask"], aux)
         num_keys, batch_size = batch["ref"].shape
-        rows = num_keys * batch_size  # the preference sequences; degree variants (SPO) follow
+        rows = num_keys * batch_size  # the preference sequences; an auxiliary loss's rows follow
         ids, mask = batch["input_ids"], batch["response_mask"]
         sums, lengths = sequence_logps(logits[:rows], ids[:rows], mask[:rows])
         sums, lengths = sums.view(num_keys, batch_size), lengths.view(num_keys, batch_size)
         seqs = {key: SeqLogps(sums[i], batch["ref"][i], lengths[i]) for i, key in enumerate(self.keys)}
-        degrees = None
-        if spo:
-            variant_mask = mask[rows:, :, None].to(hidden.dtype)
-            pooled = (hidden[rows:] * variant_mask).sum(1) / variant_mask.sum(1).clamp(min=1)
-            degrees = (self.degree_head(pooled.to(self.degree_head.weight.dtype)), batch["degree_labels"])
-        terms = self.objective(seqs, self.phase, degrees)
+        aux_terms = None
+        if aux:
+            aux_terms = self.objective.aux(self.aux_head, hidden[rows:], mask[rows:], batch["aux_labels"])
+        terms = self.objective(seqs, self.phase, aux_terms)
         prefix = "generator" if self.phase == "generator" else "train"
         metrics = {f"{prefix}/{name}": value.detach() for name, value in terms.items()}
         if self.phases_per_iteration > 1:  # Lightning's epoch counts phases; the tables count iterations
@@ -80,18 +72,11 @@ class SSOModule(L.LightningModule):
     def iteration(self) -> int:
         return self.current_epoch // self.phases_per_iteration
 
-    def _policy_forward(self, input_ids, attention_mask, hidden: bool):
-        """Logits, and the final hidden state when the degree head needs it."""
-        out = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=hidden
-        )
-        return out.logits, out.hidden_states[-1] if hidden else None
-
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        if self.degree_head is None:
+        if self.aux_head is None:
             return self.make_optimizer(params=params)
-        head = {"params": list(self.degree_head.parameters())}
-        if self.objective.spo.head_lr is not None:
-            head["lr"] = self.objective.spo.head_lr
+        head = {"params": list(self.aux_head.parameters())}
+        if self.objective.aux.head_lr is not None:
+            head["lr"] = self.objective.aux.head_lr
         return self.make_optimizer(params=[{"params": params}, head])

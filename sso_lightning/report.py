@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from sso_lightning.atomic import write_atomic
 from sso_lightning.loggers import sweep_group, wandb_online
 
 QUALITY, ACCURACY = "eval/quality", "data/pair_accuracy"
@@ -145,7 +145,7 @@ def baselines(jobs: list[Job], against: str | None = None) -> dict[str, str]:
     """Label -> the label it is compared with. By default PBAA under the same other
     overrides (e.g. the same bad_errors setting) when the sweep ran it, else the sweep's
     first variant. ``against="key=value"`` compares each run with the same variant and
-    overrides except ``key`` set to ``value`` (e.g. ``loss.spo.weight=0``: with and without)."""
+    overrides except ``key`` set to ``value`` (e.g. ``loss.aux.weight=0``: with and without)."""
     label_of, shown = labels(jobs), varying_overrides(jobs)
     finished = [job for job in jobs if job.problem is None]
     if against is not None:
@@ -399,13 +399,6 @@ def report_markdown(
     )
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Temp file then os.replace: a reader never sees a half-written report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def wandb_report(sweep_dir: Path, jobs: list[Job], table: str, verdict_text: str) -> None:
     """A W&B Report over the sweep's group: the table and verdict, quality per epoch, and
     accuracy against on-policy-ness."""
@@ -460,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--against",
         metavar="KEY=VALUE",
-        help="compare each run with the same one at KEY=VALUE (e.g. loss.spo.weight=0) instead of with PBAA",
+        help="compare each run with the same one at KEY=VALUE (e.g. loss.aux.weight=0) instead of with PBAA",
     )
     args = parser.parse_args(argv)
     try:

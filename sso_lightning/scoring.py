@@ -12,19 +12,17 @@ import torch
 from sso_lightning.data.batching import pack
 from sso_lightning.data.snapshot import SteeredExample
 from sso_lightning.losses import sequence_logps
+from sso_lightning.models import inference
 
 
-@torch.no_grad()
 def score_sequences(
     model, examples: Sequence[SteeredExample], keys: Sequence[str], pad_id: int, batch_size: int
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per key: (summed log-probs [N], response lengths [N]) on the CPU."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     sums = {k: [] for k in keys}
     lengths = {k: [] for k in keys}
-    try:
+    with inference(model):
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             batch = {k: v.to(device) for k, v in pack(chunk, keys, pad_id).items()}
@@ -33,6 +31,4 @@ def score_sequences(
             for i, key in enumerate(keys):
                 sums[key].append(s[i * len(chunk) : (i + 1) * len(chunk)].cpu())
                 lengths[key].append(n[i * len(chunk) : (i + 1) * len(chunk)].cpu())
-    finally:
-        model.train(was_training)
     return {k: (torch.cat(sums[k]), torch.cat(lengths[k])) for k in keys}

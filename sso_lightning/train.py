@@ -7,8 +7,6 @@ multirun jobs do not merge.
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -19,21 +17,16 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig
 
-from sso_lightning.callbacks import (
-    PolicyQuality,
-    Regeneration,
-    TrainThroughput,
-    TwoStageRegeneration,
-)
+from sso_lightning.atomic import publish_dir
+from sso_lightning.callbacks import Iterations, PolicyQuality, TrainThroughput
 from sso_lightning.data.datamodule import SteeredDataModule
-from sso_lightning.data.degrees import DegreeRows
 from sso_lightning.data.snapshot import read_snapshot
 from sso_lightning.data.steering import require_chat_template
 from sso_lightning.errors import ConfigError
 from sso_lightning.module import SSOModule
+from sso_lightning.pipeline import IterationPipeline
+from sso_lightning.references import make_reference
 from sso_lightning.summary import epoch_table, format_table
-
-SCHEMES = ("combined", "two_stage")
 
 
 def build(node: DictConfig, **kwargs):
@@ -58,59 +51,32 @@ def check_fresh(run_dir: Path) -> None:
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     check_fresh(run_dir)
-    if cfg.scheme not in SCHEMES:
-        raise ConfigError(f"scheme={cfg.scheme} is not valid (valid: {', '.join(SCHEMES)})")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    objective = build(cfg.loss)
-    two_stage = cfg.scheme == "two_stage"
-    if two_stage and not objective.steers:
-        raise ConfigError(
-            "scheme=two_stage trains the data generator on L+ + L-, and loss.plus=false loss.minus=off "
-            "leaves it nothing to learn; use scheme=combined (PBAA)"
-        )
-    if two_stage and (cfg.data.offline or not cfg.data.get("regenerate", True)):
-        raise ConfigError(
-            "scheme=two_stage samples fresh pairs from its generator every iteration; "
-            "data.offline and data.regenerate=false need scheme=combined"
-        )
-    keys = objective.required_sequences("policy" if two_stage else "combined")
+    objective, scheme = build(cfg.loss), build(cfg.scheme)
+    regenerate = cfg.data.get("regenerate", True)
+    scheme.check(objective, offline=bool(cfg.data.offline), regenerate=regenerate)
+    reference = make_reference(cfg.data.reference)
+    keys = objective.required_sequences(scheme.phases[0])
     prompts = build(cfg.data.prompts).load()
     principles, judge, sampling = build(cfg.principles), build(cfg.judge), build(cfg.generation)
-    policy, tokenizer = build(cfg.model).load()
+    model = build(cfg.model)
+    policy, tokenizer = model.load()
     require_chat_template(tokenizer)  # fail before the trainer starts
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
-    degree_rows = (
-        DegreeRows(objective.spo.variants(), objective.spo.responses, tokenizer) if objective.aux == "spo" else None
-    )
     datamodule = SteeredDataModule(
         cfg.data.batch_size,
         keys,
         tokenizer.pad_token_id,
         shuffle=cfg.data.get("shuffle", True),
         seed=cfg.seed,
-        degree_rows=degree_rows,
+        extra_rows=objective.aux.rows(tokenizer) if objective.aux is not None else None,
     )
     module = SSOModule(
-        policy, tokenizer, objective, build(cfg.optimizer), compile=cfg.model.get("compile", False), scheme=cfg.scheme
+        policy, tokenizer, objective, build(cfg.optimizer), phases=scheme.phases, forward=model.training_forward(policy)
     )
-    if two_stage:
-        regeneration = TwoStageRegeneration(
-            prompts.train, principles, judge, sampling, objective, run_dir / "data", cfg.data.reference
-        )
-    else:
-        regeneration = Regeneration(
-            prompts.train,
-            principles,
-            judge,
-            sampling,
-            keys,
-            run_dir / "data",
-            cfg.data.reference,
-            offline,
-            regenerate=cfg.data.get("regenerate", True),
-        )
+    pipeline = IterationPipeline(prompts.train, principles, judge, sampling, tokenizer, run_dir / "data", reference)
     callbacks = [
-        regeneration,
+        Iterations(scheme, pipeline, offline, regenerate),
         PolicyQuality(prompts.eval, judge, sampling),
         TrainThroughput(),
     ]
@@ -119,12 +85,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     # check_fresh guarantees no earlier metrics.csv, so the CSV logger's "will be deleted" warning is moot
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     loggers = [CSVLogger(run_dir, name="", version=""), *(build(node) for node in cfg.logger.values())]
-    # one epoch per iteration, two under two_stage (generator, then policy)
+    # one epoch per phase: trainer.max_epochs counts iterations
     trainer = build(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers,
-        max_epochs=cfg.trainer.max_epochs * module.phases_per_iteration,
+        cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=cfg.trainer.max_epochs * len(scheme.phases)
     )
     try:
         trainer.fit(module, datamodule=datamodule)
@@ -144,9 +107,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def export_policy(policy, tokenizer, path: Path) -> None:
-    """save_pretrained into a temp dir, then rename: no half-written policy."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, path)
+    """No half-written policy: saved into a temp directory, then renamed."""
+
+    def save(directory: Path) -> None:
+        policy.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    publish_dir(path, save)

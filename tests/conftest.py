@@ -16,7 +16,7 @@ from sso_lightning.data.principles import PrinciplePair
 from sso_lightning.data.snapshot import SteeredExample
 from sso_lightning.data.steering import steer
 from sso_lightning.generation import Response
-from sso_lightning.losses import SEQUENCE_KEYS
+from sso_lightning.sequences import SEQUENCE_KEYS
 from sso_lightning.toy.task import DIGITS, FILLER_WORDS, QUERY_WORD
 from sso_lightning.toy.tokenizer import build_toy_tokenizer
 
@@ -28,12 +28,19 @@ TINY_RUN = ["logger=csv", "model.sft.num_examples=1500", "model.sft.epochs=2", "
 TINY = [*TINY_RUN, "data.prompts.num_train=48", "data.prompts.num_eval=24"]
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that runs the command line in a subprocess (the ``cli`` fixture) is ``slow``."""
+    for item in items:
+        if "cli" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli(cache_dir):
     """Run ``python -m sso_lightning`` like a user does; returns the CompletedProcess."""
 
@@ -106,3 +113,20 @@ def model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(tiny_llama_config(tokenizer, max_positions=128)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def run_in_process(tmp_path: Path, model_dir: Path, *overrides: str) -> Path:
+    """One run of the tiny saved Llama in this process (so a test can patch and record inside
+    it), quiet, with its outputs under ``tmp_path``; returns the run directory."""
+    from hydra import compose, initialize_config_dir
+
+    from sso_lightning.__main__ import CONFIG_DIR
+    from sso_lightning.train import run
+
+    base = [o for o in TINY if not o.startswith("model.")]
+    quiet = [f"trainer.default_root_dir={tmp_path}", "+trainer.enable_progress_bar=false"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="config", overrides=[*base, "model=hf", f"model.name_or_path={model_dir}", *quiet, *overrides]
+        )
+    return run(cfg, tmp_path / "run")

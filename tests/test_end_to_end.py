@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import torch
-from conftest import TINY
+from conftest import ROOT, TINY
 from transformers import AutoModelForCausalLM
 
 
@@ -46,7 +48,7 @@ def test_default_config_runs_and_reports(cli, tmp_path, cache_dir):
             assert set(r["scores"]) == {"chosen", "rejected", "raw"}
         kept = table.loc[epoch, "data/kept_fraction"]
         assert len(records) == round(kept * 48)
-    assert not list((run_dir / "data").glob("*.tmp"))
+    assert not list((run_dir / "data").glob(".*tmp*"))
 
     # the exported policy loads and differs from the bootstrap it started from
     trained = AutoModelForCausalLM.from_pretrained(run_dir / "policy")
@@ -154,3 +156,33 @@ def test_wandb_logger_runs_offline_and_fixed_reference_is_the_initial_model(cli,
     for key in ("x|y+", "x-|yo"):
         stored = torch.tensor([ex.ref_logps[key] for ex in examples])
         torch.testing.assert_close(stored, expected[key][0], atol=1e-4, rtol=1e-4)
+
+
+def printed_table(stdout: str) -> list[list[str]]:
+    """The table a run prints before its run directory: a header row, then one row per epoch."""
+    lines = stdout[: stdout.index("\nrun directory: ")].rstrip().splitlines()
+    start = max(i for i, line in enumerate(lines) if "eval/quality" in line)
+    header, _, *rows = lines[start:]  # the second line holds the index name, "epoch"
+    return [["epoch", *header.split()], *(row.split() for row in rows)]
+
+
+def test_readme_default_command_prints_exactly_the_table_in_epochs_csv(cli, tmp_path):
+    result = cli(cwd=tmp_path)  # python -m sso_lightning, as the README has it
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(result.stdout.rsplit("run directory: ", 1)[1].strip())
+    assert run_dir.parent.parent == tmp_path / "outputs"
+    printed = printed_table(result.stdout)
+
+    with (run_dir / "epochs.csv").open() as f:
+        saved = list(csv.DictReader(f))
+    header = printed[0]
+    assert [row[0] for row in printed[1:]] == [row["epoch"] for row in saved]
+    for shown, row in zip(printed[1:], saved):
+        expected = ["-" if row[c] == "" else f"{float(row[c]):.3f}" for c in header[1:]]
+        assert shown[1:] == expected, (shown[0], header)
+
+    # the README shows the same table: the same columns and one row per epoch (its figures were measured)
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```\n       eval/quality") + 4 :]
+    example = printed_table(block[: block.index("```")].replace("outputs/<date>/<time>", ""))
+    assert example[0] == header and [row[0] for row in example[1:]] == [row[0] for row in printed[1:]]

@@ -20,10 +20,10 @@ from sso_lightning.judges import (
     RATING_PROMPT,
     LLMJudge,
     RewardModelJudge,
-    ToyOracle,
     pair_accuracy,
     pair_preferences,
 )
+from sso_lightning.toy.oracle import ToyOracle
 from sso_lightning.toy.task import oracle_score
 from sso_lightning.toy.tokenizer import build_toy_tokenizer
 

@@ -16,8 +16,10 @@ from transformers import LlamaForCausalLM
 
 from sso_lightning.__main__ import CONFIG_DIR
 from sso_lightning.data.batching import Collator
-from sso_lightning.losses import DPO, IPO, SEQUENCE_KEYS, SeqLogps, SimPO, SSOObjective
+from sso_lightning.losses import DPO, IPO, SeqLogps, SimPO, SSOObjective
+from sso_lightning.models import training_forward
 from sso_lightning.module import SSOModule
+from sso_lightning.sequences import SEQUENCE_KEYS
 
 VARIANTS = {
     "sso": SSOObjective(DPO(0.1)),
@@ -93,12 +95,14 @@ def test_gradient_of_a_batch_equals_the_mean_of_single_example_gradients(world):
 
 
 def test_lightning_fit_moves_every_trainable_parameter(world):
+    """Weight decay off: AdamW's decay would move every parameter even with a zero gradient."""
     tokenizer, config, examples = world
     objective = VARIANTS["sso"]
     torch.manual_seed(0)
     policy = LlamaForCausalLM(config)
     before = [p.detach().clone() for p in policy.parameters()]
-    module = SSOModule(policy, tokenizer, objective, lambda params: torch.optim.AdamW(params, lr=1e-3))
+    optimizer = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    module = SSOModule(policy, tokenizer, objective, optimizer)
     loader = DataLoader(
         examples, batch_size=4, collate_fn=Collator(objective.required_sequences(), tokenizer.pad_token_id)
     )
@@ -113,6 +117,29 @@ def test_lightning_fit_moves_every_trainable_parameter(world):
     assert all(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
 
+@pytest.mark.parametrize("name", ["sso", "pbaa", "ipo", "simpo"])
+def test_steps_on_a_fixed_batch_lower_its_loss(world, name):
+    """A few plain AdamW steps (weight decay off) on one batch: the objective must go down,
+    so it trains the policy toward its own minimum (a detached or sign-flipped loss would not)."""
+    tokenizer, config, examples = world
+    objective = VARIANTS[name]
+    torch.manual_seed(0)
+    module = SSOModule(LlamaForCausalLM(config), tokenizer, objective, lambda params: None)
+    module.log_dict = lambda *a, **k: None
+    batch = Collator(objective.required_sequences(), tokenizer.pad_token_id)(examples)
+    optimizer = torch.optim.AdamW(module.policy.parameters(), lr=1e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        losses.append(module.training_step(batch, 0).item())
+    assert losses[-1] < losses[0] - 0.01 * abs(losses[0]), losses
+
+
 def test_compiled_training_forward_gives_the_same_loss(world):
     tokenizer, config, examples = world
     objective = VARIANTS["sso"]
@@ -120,7 +147,8 @@ def test_compiled_training_forward_gives_the_same_loss(world):
     torch.manual_seed(0)
     policy = LlamaForCausalLM(config)
     plain = SSOModule(policy, tokenizer, objective, lambda params: None)
-    compiled = SSOModule(policy, tokenizer, objective, lambda params: None, compile=True, compile_backend="aot_eager")
+    forward = training_forward(policy, compile=True, backend="aot_eager")
+    compiled = SSOModule(policy, tokenizer, objective, lambda params: None, forward=forward)
     for module in (plain, compiled):
         module.log_dict = lambda *a, **k: None
     torch.testing.assert_close(compiled.training_step(batch, 0), plain.training_step(batch, 0), atol=1e-5, rtol=1e-5)
@@ -205,7 +233,9 @@ def test_every_named_variant_steps_with_the_loss_of_its_sso_md_formula(world, na
     base = {"DPO": dpo, "IPO": ipo}[type(objective.base).__name__]
     base_loss = lambda w, l: base(w, l, cfg.loss.base.beta)
     torch.manual_seed(0)
-    module = SSOModule(LlamaForCausalLM(config), tokenizer, objective, lambda params: None, scheme=cfg.scheme)
+    module = SSOModule(
+        LlamaForCausalLM(config), tokenizer, objective, lambda params: None, phases=instantiate(cfg.scheme).phases
+    )
     module.log_dict = lambda *a, **k: None
     seqs = {}
     for key in SEQUENCE_KEYS:

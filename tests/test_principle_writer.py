@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sso_lightning.data.principle_writer import GeneratedPrinciples
 from sso_lightning.data.principles import PrincipleLibrary
+from sso_lightning.errors import ConfigError
 from sso_lightning.toy.tokenizer import build_toy_tokenizer
 
 FEATURES = {
@@ -117,3 +118,9 @@ def test_generated_config_builds_without_loading_a_model():
 def test_toy_model_rejects_generated_principles(cli, tmp_path):
     result = cli(*TINY, "principles=generated", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "model=toy needs a principle library" in result.stderr
+
+
+def test_a_missing_principle_model_is_reported_under_its_own_option(tmp_path):
+    writer = GeneratedPrinciples(library(), model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match=r"^principles\.model=.*no-such-model: could not be loaded"):
+        writer.for_queries(["sort 1 2"])

@@ -12,15 +12,11 @@ from conftest import TINY, steered_world
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
+from sso_lightning.auxiliary.spo import SPO, degree_loss
 from sso_lightning.data.batching import Collator
-from sso_lightning.data.degrees import (
-    DegreeRows,
-    DegreeVariants,
-    rake_items,
-    remove_spans,
-)
+from sso_lightning.data.degrees import DegreeVariants, rake_items, remove_spans
 from sso_lightning.errors import ConfigError
-from sso_lightning.losses import DPO, SPO, SSOObjective
+from sso_lightning.losses import DPO, SSOObjective
 from sso_lightning.module import SSOModule
 
 TEXT = "Paris is the capital of France. The Eiffel Tower, built in 1889, is its most visited monument."
@@ -77,11 +73,11 @@ def test_variants_are_deterministic_with_a_seed():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_degrees": 0}, "loss.spo.num_degrees must be >= 1"),
-        ({"unit": "half"}, "loss.spo.unit=half is not valid (valid: count, share)"),
-        ({"extractor": "yake"}, "loss.spo.extractor=yake is not valid (valid: rake, toy)"),
-        ({"responses": "all"}, "loss.spo.responses=all is not valid (valid: chosen, rejected, both)"),
-        ({"weight": -1.0}, "loss.spo.weight must be >= 0"),
+        ({"num_degrees": 0}, "loss.aux.num_degrees must be >= 1"),
+        ({"unit": "half"}, "loss.aux.unit=half is not valid (valid: count, share)"),
+        ({"extractor": "yake"}, "loss.aux.extractor=yake is not valid (valid: rake, toy)"),
+        ({"responses": "all"}, "loss.aux.responses=all is not valid (valid: chosen, rejected, both)"),
+        ({"weight": -1.0}, "loss.aux.weight must be >= 0"),
     ],
 )
 def test_bad_settings_fail_with_the_option_named(kwargs, message):
@@ -95,9 +91,9 @@ def test_degree_loss_matches_a_hand_computation():
     by_hand = []
     for row, label in zip(logits.tolist(), labels.tolist()):
         by_hand.append(-(row[label] - math.log(sum(math.exp(v) for v in row))))
-    out = SPO()(logits, labels)
-    assert out["loss_degree"].item() == pytest.approx(sum(by_hand) / 2, rel=1e-6)
-    assert out["degree_acc"].item() == 0.5  # row 0 right (argmax 0), row 1 wrong (argmax 2)
+    loss, metrics = degree_loss(logits, labels)
+    assert loss.item() == metrics["loss_degree"].item() == pytest.approx(sum(by_hand) / 2, rel=1e-6)
+    assert metrics["degree_acc"].item() == 0.5  # row 0 right (argmax 0), row 1 wrong (argmax 2)
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +103,12 @@ def world():
 
 def module_and_batch(world, aux, responses="chosen"):
     tokenizer, config, examples = world
-    spo = SPO(weight=0.5, extractor="toy", responses=responses)
-    objective = SSOObjective(DPO(0.1), aux=aux, spo=spo)
+    spo = SPO(weight=0.5, extractor="toy", responses=responses) if aux else None
+    objective = SSOObjective(DPO(0.1), aux=spo)
     torch.manual_seed(0)
     module = SSOModule(LlamaForCausalLM(config), tokenizer, objective, lambda params: None)
     module.log_dict = lambda *a, **k: None
-    rows = DegreeRows(spo.variants(), spo.responses, tokenizer) if aux else None
+    rows = spo.rows(tokenizer) if aux else None
     return module, Collator(module.keys, tokenizer.pad_token_id, rows)(examples)
 
 
@@ -120,7 +116,7 @@ def module_and_batch(world, aux, responses="chosen"):
 def test_degree_rows_follow_the_preference_rows_in_one_batch(world, responses, per_response):
     module, batch = module_and_batch(world, "spo", responses)
     preference_rows = len(module.keys) * len(world[2])
-    labels = batch["degree_labels"].tolist()
+    labels = batch["aux_labels"].tolist()
     assert batch["input_ids"].shape[0] == preference_rows + len(labels)
     assert labels.count(0) == per_response * len(world[2])  # every response keeps its degree-0 variant
     assert max(labels) == 3
@@ -144,18 +140,18 @@ def test_spo_loss_is_the_preference_loss_plus_lambda_times_the_degree_loss_and_t
         ).hidden_states[-1]
         mask = batch["response_mask"][rows:]
         pooled = torch.stack([hidden[i][mask[i]].mean(0) for i in range(len(mask))])
-        degree = torch.nn.functional.cross_entropy(module.degree_head(pooled), batch["degree_labels"])
+        degree = torch.nn.functional.cross_entropy(module.aux_head(pooled), batch["aux_labels"])
         preference = plain.training_step(plain_batch, 0)
     torch.testing.assert_close(loss.detach(), preference + 0.5 * degree, atol=1e-5, rtol=1e-5)
 
     loss.backward()
-    assert module.degree_head.weight.grad.abs().sum() > 0
+    assert module.aux_head.weight.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.policy.model.layers[-1].parameters())
     state = module.state_dict()  # what a Lightning checkpoint saves: the head is in it
-    assert sorted(k for k in state if not k.startswith("policy.")) == ["degree_head.bias", "degree_head.weight"]
+    assert sorted(k for k in state if not k.startswith("policy.")) == ["aux_head.bias", "aux_head.weight"]
 
 
-RUN = [*TINY, "trainer.max_epochs=1", "data.prompts.num_train=16", "data.prompts.num_eval=8", "loss.aux=spo"]
+RUN = [*TINY, "trainer.max_epochs=1", "data.prompts.num_train=16", "data.prompts.num_eval=8", "loss/aux=spo"]
 
 
 @pytest.mark.parametrize(
@@ -173,6 +169,6 @@ def test_spo_runs_end_to_end_and_the_head_stays_out_of_the_exported_policy(cli, 
 
 
 def test_unknown_aux_loss_is_one_line(cli, tmp_path):
-    result = cli(*TINY, "loss.aux=dpo", f"hydra.run.dir={tmp_path / 'run'}")
+    result = cli(*TINY, "loss/aux=dpo", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "error: loss.aux=dpo is not valid (valid: null, spo)"
+    assert result.stderr.strip().splitlines()[-1] == "error: loss/aux=dpo: no such config (valid: spo)"

@@ -13,7 +13,8 @@ from transformers import AutoTokenizer
 
 from sso_lightning.errors import ConfigError
 from sso_lightning.generation import Response
-from sso_lightning.judges import ToyOracle, pair_accuracy
+from sso_lightning.judges import pair_accuracy
+from sso_lightning.toy.oracle import ToyOracle
 from sso_lightning.toy.task import (
     DIGITS,
     FILLER_WORDS,

@@ -9,14 +9,12 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY
-from hydra import compose, initialize_config_dir
+from conftest import TINY, run_in_process
 
-from sso_lightning import callbacks
-from sso_lightning.__main__ import CONFIG_DIR
-from sso_lightning.train import run
+from sso_lightning.schemes import two_stage
 
-RUN = [o for o in TINY if not o.startswith("model.")] + ["data.prompts.num_train=16", "data.prompts.num_eval=8"]
+SIZE = ["data.prompts.num_train=16", "data.prompts.num_eval=8"]
+RUN = [o for o in TINY if not o.startswith("model.")] + SIZE
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -31,7 +29,7 @@ def run_recorded(monkeypatch, tmp_path, model_dir, *overrides):
     """Run two iterations in this process, recording weights and optimizer state when the
     policy is set aside, when the generator is done, and after the policy is restored."""
     events = []
-    set_aside, restore = callbacks.set_aside, callbacks.restore
+    set_aside, restore = two_stage.set_aside, two_stage.restore
 
     def spy_set_aside(model, optimizer):
         events.append(("set aside", snapshot(model), optimizer_state(optimizer)))
@@ -42,24 +40,11 @@ def run_recorded(monkeypatch, tmp_path, model_dir, *overrides):
         restore(model, optimizer, saved)
         events.append(("restored", snapshot(model), optimizer_state(optimizer)))
 
-    monkeypatch.setattr(callbacks, "set_aside", spy_set_aside)
-    monkeypatch.setattr(callbacks, "restore", spy_restore)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                *RUN,
-                "model=hf",
-                f"model.name_or_path={model_dir}",
-                "variant=sso_two_stage",
-                "optimizer.lr=1e-3",
-                "data.batch_size=4",
-                f"trainer.default_root_dir={tmp_path}",
-                "+trainer.enable_progress_bar=false",
-                *overrides,
-            ],
-        )
-    run(cfg, tmp_path / "run")
+    monkeypatch.setattr(two_stage, "set_aside", spy_set_aside)
+    monkeypatch.setattr(two_stage, "restore", spy_restore)
+    run_in_process(
+        tmp_path, model_dir, *SIZE, "variant=sso_two_stage", "optimizer.lr=1e-3", "data.batch_size=4", *overrides
+    )
     return events
 
 
@@ -123,7 +108,7 @@ def test_two_stage_run_writes_both_snapshots_and_logs_per_iteration(cli, tmp_pat
     [
         (["scheme=two_stage", "variant=pbaa"], "scheme=two_stage trains the data generator"),
         (["variant=sso_two_stage", "data.regenerate=false"], "data.regenerate=false need scheme=combined"),
-        (["scheme=three_stage"], "scheme=three_stage is not valid (valid: combined, two_stage)"),
+        (["scheme=three_stage"], "scheme=three_stage: no such config (valid: combined, two_stage)"),
     ],
 )
 def test_incompatible_scheme_options_fail_in_one_line(cli, tmp_path, overrides, message):

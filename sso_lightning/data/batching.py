@@ -7,22 +7,19 @@ k * B + b is sequence key k of example b, so summed log-probs reshape to [K, B].
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from sso_lightning.data.degrees import DegreeRows
 from sso_lightning.data.snapshot import SteeredExample
+from sso_lightning.sequences import split_key
+
+Pairs = list[tuple[Sequence[int], Sequence[int]]]
+# an auxiliary loss's own rows of a batch: (prompt, response) pairs and one label per pair
+ExtraRows = Callable[[Sequence[SteeredExample]], tuple[Pairs, list[int]]]
 
 
-def split_key(key: str) -> tuple[str, str]:
-    prompt, response = key.split("|")
-    return prompt, response
-
-
-def sequence_pairs(
-    examples: Sequence[SteeredExample], keys: Sequence[str]
-) -> list[tuple[Sequence[int], Sequence[int]]]:
+def sequence_pairs(examples: Sequence[SteeredExample], keys: Sequence[str]) -> Pairs:
     pairs = []
     for key in keys:
         prompt_key, response_key = split_key(key)
@@ -51,20 +48,20 @@ def pack_pairs(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int
 
 class Collator:
     """DataLoader collate_fn for the sequence keys a configured objective reads,
-    with their stored reference log-probs as ``ref`` [K, B]. With ``degree_rows`` (SPO),
-    the degree variants follow as further rows of the same forward, labelled in
-    ``degree_labels``."""
+    with their stored reference log-probs as ``ref`` [K, B]. With ``extra_rows`` (an
+    auxiliary loss's, e.g. SPO's degree variants), those rows follow as further rows of
+    the same forward, labelled in ``aux_labels``."""
 
-    def __init__(self, keys: Sequence[str], pad_id: int, degree_rows: DegreeRows | None = None):
-        self.keys, self.pad_id, self.degree_rows = tuple(keys), pad_id, degree_rows
+    def __init__(self, keys: Sequence[str], pad_id: int, extra_rows: ExtraRows | None = None):
+        self.keys, self.pad_id, self.extra_rows = tuple(keys), pad_id, extra_rows
 
     def __call__(self, examples: Sequence[SteeredExample]) -> dict[str, torch.Tensor]:
         pairs = sequence_pairs(examples, self.keys)
-        if self.degree_rows is not None:
-            degree_pairs, labels = self.degree_rows(examples)
-            pairs += degree_pairs
+        if self.extra_rows is not None:
+            extra_pairs, labels = self.extra_rows(examples)
+            pairs += extra_pairs
         batch = pack_pairs(pairs, self.pad_id)
         batch["ref"] = torch.tensor([[ex.ref_logps[k] for ex in examples] for k in self.keys], dtype=torch.float32)
-        if self.degree_rows is not None:
-            batch["degree_labels"] = torch.tensor(labels, dtype=torch.long)
+        if self.extra_rows is not None:
+            batch["aux_labels"] = torch.tensor(labels, dtype=torch.long)
         return batch

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sso_lightning.data.batching import Collator
-from sso_lightning.data.degrees import DegreeRows
+from sso_lightning.data.batching import Collator, ExtraRows
 from sso_lightning.data.snapshot import SteeredExample
 
 
@@ -22,17 +21,17 @@ class SteeredDataModule(L.LightningDataModule):
         shuffle: bool = True,
         seed: int = 0,
         num_workers: int = 0,
-        degree_rows: DegreeRows | None = None,
+        extra_rows: ExtraRows | None = None,
     ):
         super().__init__()
         self.batch_size, self.shuffle, self.seed, self.num_workers = batch_size, shuffle, seed, num_workers
-        self.collator = Collator(keys, pad_id, degree_rows)
+        self.collator = Collator(keys, pad_id, extra_rows)
         self.examples: list[SteeredExample] = []
 
     def set_examples(self, examples: list[SteeredExample], keys: Sequence[str]) -> None:
         """The next epoch's examples and the sequences it reads (under two_stage they change per phase)."""
         self.examples = examples
-        self.collator = Collator(keys, self.collator.pad_id, self.collator.degree_rows)
+        self.collator = Collator(keys, self.collator.pad_id, self.collator.extra_rows)
 
     def train_dataloader(self) -> DataLoader:
         """Under several processes, our own DistributedSampler: Lightning's would always

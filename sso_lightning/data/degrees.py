@@ -67,11 +67,11 @@ class DegreeVariants:
 
     def __post_init__(self):
         if self.num_degrees < 1:
-            raise ConfigError(f"loss.spo.num_degrees must be >= 1 (got {self.num_degrees})")
+            raise ConfigError(f"loss.aux.num_degrees must be >= 1 (got {self.num_degrees})")
         if self.unit not in UNITS:
-            raise ConfigError(f"loss.spo.unit={self.unit} is not valid (valid: {', '.join(UNITS)})")
+            raise ConfigError(f"loss.aux.unit={self.unit} is not valid (valid: {', '.join(UNITS)})")
         if self.extractor not in EXTRACTORS:
-            raise ConfigError(f"loss.spo.extractor={self.extractor} is not valid (valid: {', '.join(EXTRACTORS)})")
+            raise ConfigError(f"loss.aux.extractor={self.extractor} is not valid (valid: {', '.join(EXTRACTORS)})")
 
     def items(self, text: str) -> list[list[Span]]:
         return rake_items(text) if self.extractor == "rake" else toy_items(text, self.seed)

@@ -125,7 +125,7 @@ class GeneratedPrinciples:
                 raise RuntimeError("principles.model is null (use the policy) but no policy was bound")
             from sso_lightning.models import PretrainedPolicy
 
-            self._model, self._tokenizer = PretrainedPolicy(self.model).load()
+            self._model, self._tokenizer = PretrainedPolicy(self.model).load(path_option="principles.model")
         return self._model, self._tokenizer
 
     def metrics(self) -> dict[str, float]:

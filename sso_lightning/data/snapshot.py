@@ -11,16 +11,17 @@ is read too: responses are tokenised and closed with EOS.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sso_lightning.atomic import write_atomic
 from sso_lightning.data.principles import PrinciplePair
 from sso_lightning.data.prompts import read_jsonl
-from sso_lightning.data.steering import SteeredPrompt, render_prompt
+from sso_lightning.data.steering import SteeredPrompt, steer
 from sso_lightning.errors import ConfigError
 from sso_lightning.generation import Response
+from sso_lightning.sequences import split_key
 
 RESPONSE_FIELDS = {"y+": "chosen", "y-": "rejected", "yo": "raw"}
 REQUIRED_FIELDS = ("instruction", "p_system", "n_system", "chosen", "rejected")
@@ -59,16 +60,7 @@ def from_record(record: dict, tokenizer, where: str) -> SteeredExample:
             f"{where}: missing string field(s) {', '.join(missing)} (required: {', '.join(REQUIRED_FIELDS)})"
         )
     principles = PrinciplePair(tuple(record.get("features", ())), record["p_system"], record["n_system"])
-    query, system = record["instruction"], record.get("system") or None
-    prompt = SteeredPrompt(
-        query=query,
-        principles=principles,
-        ids={
-            "x": render_prompt(tokenizer, query, system),
-            "x+": render_prompt(tokenizer, query, principles.good),
-            "x-": render_prompt(tokenizer, query, principles.bad),
-        },
-    )
+    prompt = steer(tokenizer, record["instruction"], principles, record.get("system") or None)
     token_ids, finished = record.get("token_ids", {}), record.get("finished", {})
     responses = {}
     for key, name in RESPONSE_FIELDS.items():
@@ -89,7 +81,7 @@ def from_record(record: dict, tokenizer, where: str) -> SteeredExample:
 
 def read_snapshot(path: Path, tokenizer, keys: Iterable[str]) -> list[SteeredExample]:
     """Examples from a file, each checked to hold the responses that sequence ``keys`` read."""
-    needed = {key.split("|")[1] for key in keys}
+    needed = {split_key(key)[1] for key in keys}
     examples = []
     for i, record in read_jsonl(path):
         example = from_record(record, tokenizer, f"{path}:{i}")
@@ -104,17 +96,9 @@ def read_snapshot(path: Path, tokenizer, keys: Iterable[str]) -> list[SteeredExa
 
 
 def write_snapshot(path: Path, examples: Iterable[SteeredExample]) -> None:
-    """Write atomically (temp file + rename); never overwrite an existing snapshot."""
-    if path.exists():
-        raise ConfigError(f"{path}: snapshot already exists; use a new run directory (hydra.run.dir)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write atomically; never overwrite an existing snapshot."""
+    text = "".join(json.dumps(to_record(example), ensure_ascii=False) + "\n" for example in examples)
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for example in examples:
-                f.write(json.dumps(to_record(example), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_atomic(path, text, exclusive=True)
+    except FileExistsError:
+        raise ConfigError(f"{path}: snapshot already exists; use a new run directory (hydra.run.dir)") from None

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from sso_lightning.data.principles import PrinciplePair
 from sso_lightning.errors import ConfigError
 
-PROMPT_KEYS = ("x", "x+", "x-")
-
 _PROBE_SYSTEM = "SSO-PROBE-SYSTEM-7f3a"
 _PROBE_USER = "SSO-PROBE-USER-7f3a"
 # tokenizer -> (its chat template when decided, supports a system role)
@@ -83,12 +81,13 @@ def render_prompt(tokenizer, query: str, system: str | None = None) -> list[int]
     return list(encoded["input_ids"])
 
 
-def steer(tokenizer, query: str, principles: PrinciplePair) -> SteeredPrompt:
+def steer(tokenizer, query: str, principles: PrinciplePair, system: str | None = None) -> SteeredPrompt:
+    """The query as x (with ``system``, if any, as its system message), x+ and x-."""
     return SteeredPrompt(
         query=query,
         principles=principles,
         ids={
-            "x": render_prompt(tokenizer, query),
+            "x": render_prompt(tokenizer, query, system),
             "x+": render_prompt(tokenizer, query, principles.good),
             "x-": render_prompt(tokenizer, query, principles.bad),
         },

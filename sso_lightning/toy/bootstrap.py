@@ -1,17 +1,16 @@
 """The toy policy: a tiny Llama taught by supervised fine-tuning on the scripted teacher.
 
-The SFT checkpoint is saved with ``save_pretrained`` into a cache directory keyed by
-every setting that shapes it, and loaded back through ``from_pretrained`` like any
-real model; later runs with the same settings reuse it.
+The bootstrap only decides where the weights come from: the SFT checkpoint is saved with
+``save_pretrained`` into a cache directory keyed by every setting that shapes it, and loaded
+back by ``PretrainedPolicy``, with every model option (dtype, attention, LoRA, gradient
+checkpointing, compile), like any real model. Later runs with the same settings reuse it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from sso_lightning.atomic import publish_dir
 from sso_lightning.data.batching import pack_pairs
 from sso_lightning.data.principles import PrincipleLibrary
 from sso_lightning.data.steering import render_prompt
@@ -43,10 +43,11 @@ class SFTSettings:
 
 
 @dataclass
-class ToyPolicy:
-    """Builds (once) and loads the SFT-bootstrapped toy policy."""
+class ToyPolicy(PretrainedPolicy):
+    """The SFT-bootstrapped toy policy, built once per settings; ``name_or_path`` (if set) loads
+    other weights instead, e.g. an earlier run's ``policy/``."""
 
-    principles: PrincipleLibrary
+    principles: PrincipleLibrary | None = None
     teacher: Teacher = field(default_factory=Teacher)
     sft: SFTSettings = field(default_factory=SFTSettings)
     hidden_size: int = 128
@@ -62,11 +63,13 @@ class ToyPolicy:
                 "the library's texts; model-written principles need a real model (model=hf ...)"
             )
 
-    def load(self):
+    def weights(self) -> str:
+        if self.name_or_path:
+            return self.name_or_path
         path = self.checkpoint_dir()
         if not (path / "config.json").exists():
             self.build(path)
-        return PretrainedPolicy(str(path), dtype="float32").load()
+        return str(path)
 
     def checkpoint_dir(self) -> Path:
         return Path(self.cache_dir).expanduser() / "toy" / self.fingerprint()
@@ -116,15 +119,15 @@ class ToyPolicy:
                     collate_fn=lambda pairs: pack_pairs(pairs, tokenizer.pad_token_id),
                 ),
             )
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def save(directory):
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+
         try:
-            os.rename(tmp, path)
-        except OSError:  # another process published the same bootstrap first
-            shutil.rmtree(tmp, ignore_errors=True)
+            publish_dir(path, save)
+        except FileExistsError:  # another process published the same bootstrap first
+            pass
 
     def model_config(self, tokenizer) -> LlamaConfig:
         return LlamaConfig(

@@ -1,0 +1,43 @@
+"""Publishing outputs atomically: a reader (or a crash) never sees a half-written file or directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: str | bytes, exclusive: bool = False) -> None:
+    """Write to a temp file beside ``path``, fsync, then rename onto it. ``exclusive``: refuse
+    (FileExistsError) when ``path`` exists, so nothing already there is overwritten."""
+    if exclusive and path.exists():
+        raise FileExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def publish_dir(path: Path, save: Callable[[Path], None]) -> None:
+    """``save`` fills a temp directory, which is then renamed to ``path``. FileExistsError when
+    ``path`` exists already (e.g. another process published it first); the temp copy is removed."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise FileExistsError(path)
+        try:
+            os.rename(tmp, path)
+        except OSError as e:  # a non-empty directory appeared there in between
+            raise FileExistsError(path) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
