@@ -4,11 +4,14 @@ runs the same grid as the Hydra sweep of the same name."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import yaml
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from sso_lightning.__main__ import CONFIG_DIR, check_group_overrides
 
@@ -48,3 +51,32 @@ def test_wandb_sweep_runs_the_hydra_sweeps_grid(path):
     grid = {name: [str(v) for v in p["values"]] for name, p in sweep["parameters"].items()}
     assert grid == hydra_grid(ROOT / "sweeps" / path.name)
     assert compose_all(grid)
+
+
+def readme_job_counts() -> dict[str, int]:
+    """``+sweep=<name>`` -> the "(N jobs)" the README's sweep table states."""
+    counts = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        sweep = re.search(r"`python -m sso_lightning -m \+sweep=(\w+)`", line)
+        jobs = re.search(r"\((\d+) jobs\)", line)
+        if line.startswith("|") and sweep and jobs:
+            counts[sweep.group(1)] = int(jobs.group(1))
+    return counts
+
+
+def hydra_jobs(name: str) -> list[list[str]]:
+    """The jobs Hydra's own sweeper expands ``-m +sweep=<name>`` into."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    params = [f"{key}={values}" for key, values in cfg.hydra.sweeper.params.items()]  # as BasicSweeper reads them
+    overrides = OverridesParser.create().parse_overrides(params)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def test_readme_job_counts_are_what_each_sweep_expands_to():
+    counts = readme_job_counts()
+    assert sorted(counts) == sorted(p.stem for p in HYDRA_SWEEPS)
+    for name, jobs in counts.items():
+        expanded = hydra_jobs(name)
+        assert len(expanded) == jobs, name
+        assert len({tuple(job) for job in expanded}) == jobs, name  # all distinct
