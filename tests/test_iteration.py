@@ -23,8 +23,11 @@ from conftest import run_in_process
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sso_lightning import pipeline
+from sso_lightning.data.principles import PrincipleLibrary
 from sso_lightning.data.steering import render_prompt
-from sso_lightning.generation import Response
+from sso_lightning.generation import Response, Sampling
+from sso_lightning.pipeline import IterationPipeline
+from sso_lightning.toy.oracle import ToyOracle
 
 RUN = [
     "data.prompts.num_train=8",
@@ -183,3 +186,24 @@ def test_offline_data_gets_fresh_reference_log_probs(monkeypatch, tmp_path, mode
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stored, fresh = stored_and_fresh(model_with(model_dir, initial), tokenizer, trained_on)
     torch.testing.assert_close(stored, fresh, atol=1e-4, rtol=1e-5)
+
+
+def test_the_pipeline_runs_without_a_trainer(tmp_path, model_dir):
+    """One iteration's data from a plain model, no Lightning: what a scheme gets from the pipeline."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir)
+    library = PrincipleLibrary(
+        features={"order": {"good": "list the digits from small to large", "bad": "list the digits in a random order"}},
+        features_per_prompt=(1, 1),
+        concision_probability=0.0,
+    )
+    queries = [f"sort {i} 3 1" for i in range(6)]
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=6, batch_size=32)
+    steps = IterationPipeline(queries, library, ToyOracle(), sampling, tokenizer, tmp_path)
+    keys = ("x|y+", "x|y-", "x+|y+", "x+|y-", "x-|yo", "x-|y+")
+    data = steps.run(policy, keys, "epoch_0.jsonl", iteration=0)
+    rows = [json.loads(line) for line in (tmp_path / "epoch_0.jsonl").read_text().splitlines()]
+    assert len(rows) == len(data.examples) == data.metrics["data/num_examples"] > 0
+    assert all(set(r["ref_logps"]) == set(keys) for r in rows)
+    assert 0 <= data.metrics["data/pair_accuracy"] <= 1 and data.metrics["data/kept_fraction"] > 0
+    assert not policy.training  # left as it was given (from_pretrained: eval mode)
