@@ -15,12 +15,17 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from sso_lightning.atomic import write_atomic
 from sso_lightning.loggers import sweep_group, wandb_online
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 QUALITY, ACCURACY = "eval/quality", "data/pair_accuracy"
 CHOSEN, REJECTED = "data/onpolicy_prob_chosen", "data/onpolicy_prob_rejected"
@@ -30,6 +35,7 @@ EPOCH_METRICS = (QUALITY, REJECTED, ACCURACY)
 VERDICT_METRICS = (QUALITY, ACCURACY, REJECTED)
 NOT_LABELS = ("seed", "variant")  # a seed is a repeat, not a variant; variant is the label itself
 DASH = "–"
+DECIMALS = 3  # the tables' precision; the verdict and the plots' axes state numbers no finer
 
 
 class ReportError(Exception):
@@ -222,20 +228,27 @@ def epoch_spread(rows: pd.DataFrame) -> pd.DataFrame:
 # (d) verdict
 
 
+def _difference(d: float, name: str) -> str:
+    """`d`, already rounded to the tables' precision, in words: a difference that rounds to
+    zero is no difference the tables can show, so it reads "equal" rather than "by 0.000"."""
+    if d == 0:
+        return f"equal to {name} at the precision shown"
+    return f"{'higher' if d > 0 else 'lower'} than {name} by {abs(d):.{DECIMALS}f}"
+
+
 def _compare(stats: pd.DataFrame, metric: str, label: str, other: str, called: str | None = None) -> str | None:
     """How `label` stands against `other` (named `called` in the text) on one metric: the
     difference of means, judged against 2 standard errors of that difference over seeds."""
     (mean_v, sd_v, n_v), (mean_b, sd_b, n_b) = (stats.loc[x, metric][["mean", "std", "count"]] for x in (label, other))
     if n_v == 0 or n_b == 0:
         return None
-    d, name = mean_v - mean_b, called or other
-    direction = "higher than" if d > 0 else "lower than" if d < 0 else "equal to"
+    d, name = round(mean_v - mean_b, DECIMALS) + 0.0, called or other  # + 0.0: no "-0.000"
     if n_v < 2 or n_b < 2:
-        return f"{direction} {name} by {abs(d):.4f} (one seed: no noise estimate)"
+        return f"{_difference(d, name)} (one seed: no noise estimate)"
     noise = 2 * math.sqrt(sd_v**2 / n_v + sd_b**2 / n_b)
-    if abs(d) > noise:
-        return f"{direction} {name} by {abs(d):.4f} (beyond 2 standard errors over seeds)"
-    return f"within seed noise of {name} (d = {d:+.4f}, 2 standard errors = {noise:.4f})"
+    if abs(mean_v - mean_b) > noise:
+        return f"{_difference(d, name)} (beyond 2 standard errors over seeds)"
+    return f"within seed noise of {name} (d = {d:+.{DECIMALS}f}, 2 standard errors = {noise:.{DECIMALS}f})"
 
 
 def verdict(stats: pd.DataFrame, baseline_of: dict[str, str] | None = None) -> str:
@@ -275,9 +288,23 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def plots(means: pd.DataFrame, spread: pd.DataFrame) -> dict[str, bytes]:
+def _readable(ax: Axes) -> None:
+    """Plain tick labels: matplotlib's offset text (e.g. "1e-10+7.6e-2") printed over the
+    axis label when values were close. Each axis spans at least ten steps of the tables'
+    precision, so that values equal at that precision sit in a window with short labels."""
+    ax.ticklabel_format(useOffset=False, style="plain")
+    least = 10 * 10**-DECIMALS
+    for get, set_ in ((ax.get_xlim, ax.set_xlim), (ax.get_ylim, ax.set_ylim)):
+        low, high = get()
+        if high - low < least:
+            middle = (low + high) / 2
+            set_(middle - least / 2, middle + least / 2)
+
+
+def figures(means: pd.DataFrame, spread: pd.DataFrame) -> dict[str, Figure]:
     """quality.png (quality per epoch, min-max band over seeds) and pairs.png (pair accuracy
-    against the on-policy probability of y-, one point per epoch, as in the paper's Fig. 3)."""
+    against the on-policy probability of y-, one point per epoch, as in the paper's Fig. 3),
+    as open figures so that their axes can be checked before plots() renders them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,6 +321,7 @@ def plots(means: pd.DataFrame, spread: pd.DataFrame) -> dict[str, bytes]:
     ax.set(xlabel="epoch (SSO iteration)", ylabel=f"{QUALITY} (mean over seeds; band: min-max)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
+    _readable(ax)
     pairs, bx = plt.subplots(figsize=(6.5, 4))
     for i, label in enumerate(variants):
         points = means.loc[label, [REJECTED, ACCURACY]].dropna()
@@ -304,9 +332,18 @@ def plots(means: pd.DataFrame, spread: pd.DataFrame) -> dict[str, bytes]:
             bx.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=f"C{i}")
     bx.set(xlabel=f"on-policy probability of y- ({REJECTED})", ylabel=f"pair accuracy ({ACCURACY})")
     bx.legend(title="points: epoch")
-    out = {"quality.png": _png(quality), "pairs.png": _png(pairs)}
-    plt.close(quality)
-    plt.close(pairs)
+    _readable(bx)
+    return {"quality.png": quality, "pairs.png": pairs}
+
+
+def plots(means: pd.DataFrame, spread: pd.DataFrame) -> dict[str, bytes]:
+    """The figures as PNG files, closed once rendered."""
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for name, figure in figures(means, spread).items():
+        out[name] = _png(figure)
+        plt.close(figure)
     return out
 
 
@@ -314,7 +351,7 @@ def plots(means: pd.DataFrame, spread: pd.DataFrame) -> dict[str, bytes]:
 
 
 def _cell(value: float) -> str:
-    return DASH if pd.isna(value) else f"{value:.3f}"
+    return DASH if pd.isna(value) else f"{value:.{DECIMALS}f}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -341,7 +378,7 @@ def epoch_table_md(means: pd.DataFrame) -> str:
 
 def missing_section(jobs: list[Job]) -> str:
     missing = [
-        f"- job {job.number} ({' '.join(job.overrides) or 'no overrides'}): {job.problem}"
+        f"- job `{job.number}/` ({' '.join(job.overrides) or 'no overrides'}): {job.problem}"
         for job in jobs
         if job.problem
     ]
@@ -355,9 +392,9 @@ def report_markdown(
     finished = sum(job.problem is None for job in jobs)
     return "\n".join(
         [
-            f"# SSO ablation report: {sweep_dir.name}",
+            f"# SSO ablation report: {sweep_group(sweep_dir)}",
             "",
-            f"Sweep directory: `{sweep_dir}`",
+            "Sweep directory: `.`, the directory of this report; job N ran in `N/`.",
             "",
             f"Reproduce: `{command}`" if command else "Reproduce: (multirun.yaml not found)",
             "",
@@ -426,6 +463,14 @@ def wandb_report(sweep_dir: Path, jobs: list[Job], table: str, verdict_text: str
     print(f"W&B report: {report.url}")
 
 
+def shareable(text: str, sweep_dir: Path) -> str:
+    """`text` with the sweep's absolute path (e.g. in a FAILED line) made relative to the sweep
+    directory, so that report.md and verdict.txt name no path of the machine that ran it."""
+    for absolute in sorted({str(sweep_dir.absolute()), str(sweep_dir.resolve())}, key=len, reverse=True):
+        text = text.replace(absolute, ".")
+    return text
+
+
 def make_report(sweep_dir: Path, against: str | None = None) -> Path:
     """Everything above, in order; returns the path of report.md."""
     jobs = collect_jobs(sweep_dir)
@@ -434,12 +479,12 @@ def make_report(sweep_dir: Path, against: str | None = None) -> Path:
     stats = summary_table(run_table(jobs, label_of))
     rows = epoch_rows(jobs, label_of)
     means = epoch_means(rows)
-    verdict_text = verdict(stats, baseline_of)
+    verdict_text = shareable(verdict(stats, baseline_of), sweep_dir)
     for name, png in plots(means, epoch_spread(rows)).items():
         write_atomic(sweep_dir / name, png)
     write_atomic(sweep_dir / "verdict.txt", verdict_text + "\n")
     report_path = sweep_dir / "report.md"
-    write_atomic(report_path, report_markdown(sweep_dir, jobs, stats, means, verdict_text))
+    write_atomic(report_path, shareable(report_markdown(sweep_dir, jobs, stats, means, verdict_text), sweep_dir))
     table = main_table(stats)
     print(f"{table}\n\n{verdict_text}\n\nreport: {report_path}")
     if wandb_online():

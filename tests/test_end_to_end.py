@@ -113,7 +113,7 @@ def test_multirun_survives_a_failing_job_and_the_report_reads_it(cli, tmp_path):
     text = (sweep / "report.md").read_text()
     for label in ("PBAA (scheme=combined)", "SSO (scheme=combined)", "SSO (scheme=two_stage)"):
         assert f"| {label} | 1 |" in text
-    assert "- job 1 (variant=pbaa scheme=two_stage" in text and "scheme=two_stage trains the data generator" in text
+    assert "- job `1/` (variant=pbaa scheme=two_stage" in text and "scheme=two_stage trains the data generator" in text
     for png in ("quality.png", "pairs.png"):
         assert (sweep / png).read_bytes().startswith(b"\x89PNG")
     verdict = (sweep / "verdict.txt").read_text()

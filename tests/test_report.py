@@ -146,10 +146,10 @@ def test_verdict_within_noise_beyond_noise_and_one_seed(tmp_path):
     }
     assert "within seed noise of PBAA" in lines["SSO (loss=sso) eval/quality"]
     assert (
-        "higher than PBAA (loss=pbaa) by 0.0750 (beyond 2 standard errors" in lines["SSO (loss=sso) data/pair_accuracy"]
+        "higher than PBAA (loss=pbaa) by 0.075 (beyond 2 standard errors" in lines["SSO (loss=sso) data/pair_accuracy"]
     )
     assert "higher than" in lines["SSO (loss=sso) data/onpolicy_prob_rejected"]
-    assert "lower than PBAA (loss=pbaa) by 0.2200 (one seed: no noise estimate)" in lines["IPO (loss=ipo) eval/quality"]
+    assert "lower than PBAA (loss=pbaa) by 0.220 (one seed: no noise estimate)" in lines["IPO (loss=ipo) eval/quality"]
     assert text.splitlines()[-1].startswith(
         "Highest final eval/quality: PBAA (loss=pbaa) (0.720), within seed noise of runner-up SSO"
     )
@@ -165,7 +165,7 @@ def test_baseline_is_the_variant_called_pbaa(tmp_path):
     )
     text = report.verdict(stats)
     assert text.splitlines()[0] == "Baseline: PBAA."
-    assert "SSO: final eval/quality is higher than PBAA by 0.1000 (one seed: no noise estimate)." in text
+    assert "SSO: final eval/quality is higher than PBAA by 0.100 (one seed: no noise estimate)." in text
 
 
 def test_baselines_pbaa_under_the_same_overrides_or_against_a_given_value(tmp_path):
@@ -221,8 +221,8 @@ def test_report_files_and_missing_jobs(tmp_path, monkeypatch, capsys):
     assert "| loss=sso | 2 | 0.720 ± 0.028 |" in text
     assert "| loss=sso | 1 | 0.650 | 0.130 | 0.920 |" in text  # per iteration: quality, on-policy prob y-, accuracy
     missing = text.split("## Missing jobs")[1]
-    assert "job 3 (loss=pbaa seed=2): ValueError: loss.g=0 would multiply" in missing
-    assert "job 4 (loss=sso seed=3): unfinished" in missing
+    assert "job `3/` (loss=pbaa seed=2): ValueError: loss.g=0 would multiply" in missing
+    assert "job `4/` (loss=sso seed=3): unfinished" in missing
     assert "![quality](quality.png)" in text and "![pairs](pairs.png)" in text
     verdict = (sweep / "verdict.txt").read_text()
     assert verdict.startswith("Baseline: loss=sso.") and verdict.strip() in text
@@ -273,3 +273,62 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path):
     assert_error(run_cli(str(sweep)), "no job", "1 failed", "1 unfinished")
     for directory in (empty, sweep):
         assert not any((directory / name).exists() for name in OUTPUTS)
+
+
+def test_verdict_one_seed_difference_below_the_precision_shown_is_equal(tmp_path):
+    stats = make_stats(
+        tmp_path,
+        [
+            (["loss=sso", "seed=1"], 0.70, 0.90, 0.10, {}),
+            (["loss=pbaa", "seed=1"], 0.70, 0.90 - 1e-10, 0.10 + 1e-10, {}),
+        ],
+    )
+    text = report.verdict(stats)
+    assert "loss=pbaa: final data/pair_accuracy is equal to loss=sso at the precision shown (one seed" in text
+    assert "loss=pbaa: final data/onpolicy_prob_rejected is equal to loss=sso at the precision shown" in text
+    assert " by " not in text
+
+
+def test_verdict_states_a_clear_difference_signed_at_three_decimals(tmp_path):
+    stats = make_stats(
+        tmp_path,
+        [
+            (["loss=sso", "seed=1"], 0.70, 0.90, 0.10, {}),
+            (["loss=pbaa", "seed=1"], 0.71234, 0.87766, 0.10, {}),
+        ],
+    )
+    text = report.verdict(stats)
+    assert "loss=pbaa: final eval/quality is higher than loss=sso by 0.012 (one seed: no noise estimate)." in text
+    assert "loss=pbaa: final data/pair_accuracy is lower than loss=sso by 0.022 (one seed: no noise estimate)." in text
+
+
+def test_plots_have_no_offset_text_and_readable_ticks_when_values_differ_by_1e_10(tmp_path):
+    sweep = sweep_dir(tmp_path, [])
+    for number, (overrides, delta) in enumerate(((["loss=sso", "seed=1"], 0.0), (["loss=pbaa", "seed=1"], 1e-10))):
+        write_job(sweep, number, overrides, [0.6 + delta, 0.6], [0.9 + delta], [0.076130657 + delta])
+    jobs = report.collect_jobs(sweep)
+    rows = report.epoch_rows(jobs, report.labels(jobs))
+    figures = report.figures(report.epoch_means(rows), report.epoch_spread(rows))
+    assert set(figures) == {"quality.png", "pairs.png"}
+    for name, figure in figures.items():
+        figure.canvas.draw()
+        (ax,) = figure.axes
+        for axis in (ax.xaxis, ax.yaxis):
+            assert axis.get_offset_text().get_text() == "", (name, axis.axis_name)
+            ticks = [label.get_text() for label in axis.get_ticklabels() if label.get_text()]
+            assert len(set(ticks)) == len(ticks) and all(len(tick) <= 6 for tick in ticks), (name, ticks)
+
+
+def test_report_names_no_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = sweep_dir(
+        tmp_path, [(["loss=sso", "seed=1"], 0.70, 0.90, 0.10, {}), (["loss=pbaa", "seed=1"], 0, 0, 0, {})]
+    )
+    (sweep / "1" / "epochs.csv").unlink()
+    (sweep / "1" / "FAILED").write_text(f"FileNotFoundError: {sweep / '1' / 'checkpoints' / 'last.ckpt'}\n")
+    assert report.main([str(sweep)]) == 0
+    text, verdict = (sweep / "report.md").read_text(), (sweep / "verdict.txt").read_text()
+    for absolute in {str(sweep), str(sweep.resolve()), str(tmp_path)}:
+        assert absolute not in text and absolute not in verdict
+    assert "# SSO ablation report: 2026-01-01/12-00-00" in text
+    assert "job `1/` (loss=pbaa seed=1): FileNotFoundError: ./1/checkpoints/last.ckpt" in text
