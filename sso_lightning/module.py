@@ -22,6 +22,7 @@ import torch
 
 from sso_lightning.losses import SeqLogps, SSOObjective, sequence_logps
 from sso_lightning.models import TrainingForward, training_forward
+from sso_lightning.schedule import LearningRateSchedule
 
 
 class SSOModule(L.LightningModule):
@@ -33,10 +34,13 @@ class SSOModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         phases: Sequence[str] = ("combined",),
         forward: TrainingForward | None = None,
+        schedule: LearningRateSchedule | None = None,
     ):
-        """``forward``: the training forward (default: the policy's own, uncompiled)."""
+        """``forward``: the training forward (default: the policy's own, uncompiled); ``schedule``:
+        the learning-rate schedule (None: the optimizer's rate throughout)."""
         super().__init__()
         self.policy, self.tokenizer, self.objective, self.make_optimizer = policy, tokenizer, objective, optimizer
+        self.schedule = schedule
         self.policy_forward = forward or training_forward(policy)
         self.aux_head = objective.aux.head(policy.config.hidden_size) if objective.aux is not None else None
         self.phases_per_iteration = len(phases)
@@ -75,8 +79,12 @@ class SSOModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.aux_head is None:
-            return self.make_optimizer(params=params)
-        head = {"params": list(self.aux_head.parameters())}
-        if self.objective.aux.head_lr is not None:
-            head["lr"] = self.objective.aux.head_lr
-        return self.make_optimizer(params=[{"params": params}, head])
+            optimizer = self.make_optimizer(params=params)
+        else:
+            head = {"params": list(self.aux_head.parameters())}
+            if self.objective.aux.head_lr is not None:
+                head["lr"] = self.objective.aux.head_lr
+            optimizer = self.make_optimizer(params=[{"params": params}, head])
+        if self.schedule is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.schedule.scheduler(optimizer)}

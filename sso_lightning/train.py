@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig
 
@@ -71,14 +71,22 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         seed=cfg.seed,
         extra_rows=objective.aux.rows(tokenizer) if objective.aux is not None else None,
     )
+    schedule = build(cfg.scheduler) if cfg.scheduler else None
     module = SSOModule(
-        policy, tokenizer, objective, build(cfg.optimizer), phases=scheme.phases, forward=model.training_forward(policy)
+        policy,
+        tokenizer,
+        objective,
+        build(cfg.optimizer),
+        phases=scheme.phases,
+        forward=model.training_forward(policy),
+        schedule=schedule,
     )
     pipeline = IterationPipeline(prompts.train, principles, judge, sampling, tokenizer, run_dir / "data", reference)
     callbacks = [
         Iterations(scheme, pipeline, offline, regenerate),
         PolicyQuality(prompts.eval, judge, sampling),
         TrainThroughput(),
+        *([schedule, LearningRateMonitor(logging_interval="step")] if schedule else []),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar())  # the same bar style as the generation bars
