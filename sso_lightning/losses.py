@@ -185,7 +185,9 @@ class SSOObjective:
     phase trains (README, "The loss"; a scheme is a sequence of these phases):
 
     * combined (scheme combined): P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
-      with g = 0 the authors' code multiplies P itself by W.
+      with g = 0 the authors' code multiplies P itself by W. ``sft_in_weight=False`` moves the
+      SFT parts of L+ and L- out of W, as the authors' released code has them:
+      P + g*gamma*(l_sft(x+,y+) + l_sft(x-,yo)) + W*g*(l_base(x+,y+,y-) + l_base(x-,yo,y+)).
     * generator / policy (scheme two_stage): the data generator learns L+ + L- alone;
       the policy learns P alone, on the generator's pairs. W and g weigh the two against
       each other in one loss, so they play no part here.
@@ -203,6 +205,7 @@ class SSOObjective:
     weight: bool = True
     alpha: float = 0.66
     detach_weight: bool = False
+    sft_in_weight: bool = True
     aux: AuxiliaryLoss | None = None
 
     def __post_init__(self):
@@ -249,18 +252,20 @@ class SSOObjective:
         missing = [k for k in self.required_sequences(phase) if k not in seqs]
         if missing:
             raise KeyError(f"SSOObjective needs sequences {missing} (has {sorted(seqs)})")
-        pairs, terms = {}, {}
+        pairs, terms, steering_sft = {}, {}, []
         if phase != "generator":
             pairs["policy"] = self.base(seqs["x|y+"], seqs["x|y-"])
             terms["loss_policy"] = pairs["policy"].loss + self.policy_sft * sft(seqs["x|y+"])
         if phase != "policy":
             if self.plus:
                 pairs["plus"] = self.base(seqs["x+|y+"], seqs["x+|y-"])
-                terms["loss_plus"] = pairs["plus"].loss + self.gamma * sft(seqs["x+|y+"])
+                steering_sft.append(self.gamma * sft(seqs["x+|y+"]))
+                terms["loss_plus"] = pairs["plus"].loss + steering_sft[-1]
             if self.minus != "off":
                 preferred = "x-|yo" if self.minus == "paper" else "x-|y-"
                 pairs["minus"] = self.base(seqs[preferred], seqs["x-|y+"])
-                terms["loss_minus"] = pairs["minus"].loss + self.gamma * sft(seqs[preferred])
+                steering_sft.append(self.gamma * sft(seqs[preferred]))
+                terms["loss_minus"] = pairs["minus"].loss + steering_sft[-1]
         steering = [terms[k] for k in ("loss_plus", "loss_minus") if k in terms]
         w = None
         if phase == "generator":
@@ -270,8 +275,14 @@ class SSOObjective:
         else:
             policy = terms["loss_policy"]
             w = steering_weight(seqs["x|y+"], seqs["x|y-"], self.alpha, self.detach_weight) if self.weight else None
-            if self.g > 0:
-                total = policy + (w if w is not None else 1.0) * self.g * sum(steering, torch.zeros_like(policy))
+            zero = torch.zeros_like(policy)
+            if self.g > 0 and self.sft_in_weight:
+                total = policy + (w if w is not None else 1.0) * self.g * sum(steering, zero)
+            elif self.g > 0:
+                steered_pairs = sum((pairs[k].loss for k in ("plus", "minus") if k in pairs), zero)
+                total = (
+                    policy + self.g * sum(steering_sft, zero) + (w if w is not None else 1.0) * self.g * steered_pairs
+                )
             else:
                 total = policy * w if w is not None else policy
         out = {"loss": total.mean(), **{k: v.detach().mean() for k, v in terms.items()}}

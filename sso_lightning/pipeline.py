@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -62,6 +63,7 @@ class IterationPipeline:
     snapshot_dir: Path
     reference: object = field(default_factory=IterationReference)  # see references.py
     score_batch_size: int = 64
+    max_length: int | None = None  # data.max_length: rows are scored as training cuts them
     ranks: Ranks = field(default_factory=Ranks)
     progress: Callable = no_progress
 
@@ -138,9 +140,12 @@ class IterationPipeline:
         """Store reference log-probs of ``keys`` (and of the plain pair) with the examples; return
         the on-policy probability exp(mean token log-prob) of y+ and y- after the plain query."""
         scored = tuple(dict.fromkeys((*keys, *PLAIN_KEYS)))
-        pad = self.tokenizer.pad_token_id
-        on_policy = score_sequences(policy, examples, scored, pad, self.score_batch_size)
-        reference = self.reference.score(policy, examples, scored, pad, self.score_batch_size, on_policy)
+        pad, size = self.tokenizer.pad_token_id, self.score_batch_size
+        score_with = partial(
+            score_sequences, examples=examples, keys=scored, pad_id=pad, batch_size=size, max_length=self.max_length
+        )
+        on_policy = score_with(policy)
+        reference = self.reference.score(policy, score_with, on_policy)
         for i, ex in enumerate(examples):
             ex.ref_logps = {k: float(reference[k][0][i]) for k in scored}
         return {k: torch.exp(on_policy[k][0] / on_policy[k][1].clamp(min=1)).tolist() for k in PLAIN_KEYS}

@@ -6,16 +6,15 @@ step needs no reference model in memory."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import torch
 
-from sso_lightning.data.snapshot import SteeredExample
 from sso_lightning.errors import ConfigError
 from sso_lightning.models import has_adapters
-from sso_lightning.scoring import score_sequences
 
 Scores = dict[str, tuple[torch.Tensor, torch.Tensor]]
+Scorer = Callable[[torch.nn.Module], Scores]  # a model -> its log-probs of the iteration's sequences
 
 
 class IterationReference:
@@ -24,7 +23,7 @@ class IterationReference:
     def start(self, policy) -> None:
         pass
 
-    def score(self, policy, examples: Sequence[SteeredExample], keys, pad_id: int, batch_size: int, on_policy: Scores):
+    def score(self, policy, score_with: Scorer, on_policy: Scores) -> Scores:
         return on_policy
 
 
@@ -39,13 +38,13 @@ class InitialReference:
         if not has_adapters(policy):
             self.initial = copy.deepcopy(policy).cpu()
 
-    def score(self, policy, examples: Sequence[SteeredExample], keys, pad_id: int, batch_size: int, on_policy: Scores):
+    def score(self, policy, score_with: Scorer, on_policy: Scores) -> Scores:
         if has_adapters(policy):
             with policy.disable_adapter():
-                return score_sequences(policy, examples, keys, pad_id, batch_size)
+                return score_with(policy)
         device = next(policy.parameters()).device
         try:
-            return score_sequences(self.initial.to(device), examples, keys, pad_id, batch_size)
+            return score_with(self.initial.to(device))
         finally:
             self.initial.cpu()
 

@@ -16,16 +16,22 @@ from sso_lightning.models import inference
 
 
 def score_sequences(
-    model, examples: Sequence[SteeredExample], keys: Sequence[str], pad_id: int, batch_size: int
+    model,
+    examples: Sequence[SteeredExample],
+    keys: Sequence[str],
+    pad_id: int,
+    batch_size: int,
+    max_length: int | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per key: (summed log-probs [N], response lengths [N]) on the CPU."""
+    """Per key: (summed log-probs [N], response lengths [N]) on the CPU; rows cut as training cuts
+    them (``max_length``), so stored reference log-probs match the training step's."""
     device = next(model.parameters()).device
     sums = {k: [] for k in keys}
     lengths = {k: [] for k in keys}
     with inference(model):
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in pack(chunk, keys, pad_id).items()}
+            batch = {k: v.to(device) for k, v in pack(chunk, keys, pad_id, max_length).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             s, n = sequence_logps(logits, batch["input_ids"], batch["response_mask"])
             for i, key in enumerate(keys):

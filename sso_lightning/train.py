@@ -70,6 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         shuffle=cfg.data.get("shuffle", True),
         seed=cfg.seed,
         extra_rows=objective.aux.rows(tokenizer) if objective.aux is not None else None,
+        max_length=cfg.data.get("max_length"),
     )
     schedule = build(cfg.scheduler) if cfg.scheduler else None
     module = SSOModule(
@@ -81,7 +82,16 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         forward=model.training_forward(policy),
         schedule=schedule,
     )
-    pipeline = IterationPipeline(prompts.train, principles, judge, sampling, tokenizer, run_dir / "data", reference)
+    pipeline = IterationPipeline(
+        prompts.train,
+        principles,
+        judge,
+        sampling,
+        tokenizer,
+        run_dir / "data",
+        reference,
+        max_length=datamodule.max_length,
+    )
     callbacks = [
         Iterations(scheme, pipeline, offline, regenerate),
         PolicyQuality(prompts.eval, judge, sampling),

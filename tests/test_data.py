@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sso_lightning.data.batching import Collator, pack
+from sso_lightning.data.batching import Collator, cut_lengths, pack, pack_pairs
 from sso_lightning.data.filtering import drop_degenerate
 from sso_lightning.data.principles import PrincipleLibrary, PrinciplePair
 from sso_lightning.data.prompts import JsonlPrompts, read_jsonl
@@ -596,3 +596,32 @@ def test_score_sequences_equals_naive_per_sequence(tok, model, batch_size):
         torch.testing.assert_close(sums.double(), expected, atol=1e-4, rtol=0)
         assert lengths.tolist() == [float(len(ex.responses[r].ids)) for ex in examples]
         assert (sums < 0).all()
+
+
+def llama_factory_infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's data/processors/processor_utils.py ``infer_seqlen`` (the authors' trainer), transcribed."""
+    if target_len * 2 < cutoff_len:  # truncate source
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:  # truncate target
+        max_target_len = cutoff_len - source_len
+    else:  # truncate both
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    max_source_len = max(cutoff_len - new_target_len, 0)
+    new_source_len = min(max_source_len, source_len)
+    return new_source_len, new_target_len
+
+
+def test_max_length_cuts_rows_as_llama_factory_does():
+    for prompt in range(1, 40):
+        for response in range(1, 40):
+            for cutoff in (2, 7, 16, 33, 64):
+                assert cut_lengths(prompt, response, cutoff) == llama_factory_infer_seqlen(prompt, response, cutoff)
+    prompt, response = list(range(1, 31)), list(range(100, 140))
+    pairs = [(prompt, response[:5]), (prompt[:5], response), (prompt, response[:10])]
+    out = pack_pairs(pairs, pad_id=0, max_length=16)
+    assert out["input_ids"].shape == (3, 16) and out["attention_mask"].sum(-1).tolist() == [16, 16, 16]
+    assert out["input_ids"][0].tolist() == prompt[:11] + response[:5]  # a short response is kept whole
+    assert out["input_ids"][1].tolist() == prompt[:5] + response[:11]  # a short prompt is kept whole
+    assert out["input_ids"][2].tolist() == prompt[:12] + response[:4]  # both cut in proportion
+    assert out["response_mask"].sum(-1).tolist() == [5, 11, 4] and not out["response_mask"][:, 0].any()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from conftest import run_in_process
@@ -207,3 +208,21 @@ def test_the_pipeline_runs_without_a_trainer(tmp_path, model_dir):
     assert all(set(r["ref_logps"]) == set(keys) for r in rows)
     assert 0 <= data.metrics["data/pair_accuracy"] <= 1 and data.metrics["data/kept_fraction"] > 0
     assert not policy.training  # left as it was given (from_pretrained: eval mode)
+
+
+@pytest.mark.parametrize("max_length", [None, 18])
+def test_stored_reference_matches_the_first_training_step_with_and_without_a_cut(tmp_path, model_dir, max_length):
+    """Before its first update the policy is its own reference (``iteration``), so every pair's
+    margin at step 0 is zero, if and only if scoring cut the rows as training cuts them."""
+    cut = [f"data.max_length={max_length}"] if max_length else []
+    run_dir = run_in_process(tmp_path, model_dir, *RUN, "variant=sso", "data.shuffle=false", *cut)
+    rows = records(tmp_path, "epoch_0.jsonl")
+    longest = max(
+        len(render_prompt(AutoTokenizer.from_pretrained(model_dir), r["instruction"], r["n_system"]))
+        + len(r["token_ids"]["chosen"])
+        for r in rows
+    )
+    assert (max_length is None) or longest > max_length  # the cut really cuts
+    first = pd.read_csv(run_dir / "metrics.csv").dropna(subset=["train/loss"]).iloc[0]
+    for pair in ("policy", "plus", "minus"):
+        assert abs(first[f"train/margin_{pair}"]) < 1e-5, pair

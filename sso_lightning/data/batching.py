@@ -27,12 +27,34 @@ def sequence_pairs(examples: Sequence[SteeredExample], keys: Sequence[str]) -> P
     return pairs
 
 
-def pack(examples: Sequence[SteeredExample], keys: Sequence[str], pad_id: int) -> dict[str, torch.Tensor]:
-    return pack_pairs(sequence_pairs(examples, keys), pad_id)
+def pack(
+    examples: Sequence[SteeredExample], keys: Sequence[str], pad_id: int, max_length: int | None = None
+) -> dict[str, torch.Tensor]:
+    return pack_pairs(sequence_pairs(examples, keys), pad_id, max_length)
 
 
-def pack_pairs(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Rows of prompt + response ids; ``response_mask`` marks the response tokens."""
+def cut_lengths(prompt: int, response: int, max_length: int) -> tuple[int, int]:
+    """How many prompt and response tokens a row of at most ``max_length`` keeps, by LLaMA-Factory's
+    rule (``cutoff_len``, the authors' trainer): a short response is kept whole and the prompt cut;
+    else a short prompt is kept whole and the response cut; else both are cut in proportion."""
+    if response * 2 < max_length:
+        most_response = max_length
+    elif prompt * 2 < max_length:
+        most_response = max_length - prompt
+    else:
+        most_response = int(max_length * response / (prompt + response))
+    kept_response = min(most_response, response)
+    return min(max(max_length - kept_response, 0), prompt), kept_response
+
+
+def pack_pairs(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, max_length: int | None = None):
+    """Rows of prompt + response ids; ``response_mask`` marks the response tokens. With
+    ``max_length``, each row keeps the first tokens of its prompt and of its response that
+    ``cut_lengths`` allows."""
+    if max_length is not None:
+        pairs = [
+            (p[:kept_p], r[:kept_r]) for p, r in pairs for kept_p, kept_r in [cut_lengths(len(p), len(r), max_length)]
+        ]
     rows = [list(p) + list(r) for p, r in pairs]
     starts = [len(p) for p, _ in pairs]
     width = max(len(r) for r in rows)
@@ -52,15 +74,17 @@ class Collator:
     auxiliary loss's, e.g. SPO's degree variants), those rows follow as further rows of
     the same forward, labelled in ``aux_labels``."""
 
-    def __init__(self, keys: Sequence[str], pad_id: int, extra_rows: ExtraRows | None = None):
-        self.keys, self.pad_id, self.extra_rows = tuple(keys), pad_id, extra_rows
+    def __init__(
+        self, keys: Sequence[str], pad_id: int, extra_rows: ExtraRows | None = None, max_length: int | None = None
+    ):
+        self.keys, self.pad_id, self.extra_rows, self.max_length = tuple(keys), pad_id, extra_rows, max_length
 
     def __call__(self, examples: Sequence[SteeredExample]) -> dict[str, torch.Tensor]:
         pairs = sequence_pairs(examples, self.keys)
         if self.extra_rows is not None:
             extra_pairs, labels = self.extra_rows(examples)
             pairs += extra_pairs
-        batch = pack_pairs(pairs, self.pad_id)
+        batch = pack_pairs(pairs, self.pad_id, self.max_length)
         batch["ref"] = torch.tensor([[ex.ref_logps[k] for ex in examples] for k in self.keys], dtype=torch.float32)
         if self.extra_rows is not None:
             batch["aux_labels"] = torch.tensor(labels, dtype=torch.long)
