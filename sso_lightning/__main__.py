@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sso_lightning.errors import ConfigError
 from sso_lightning.loggers import multirun_dir
@@ -50,6 +50,18 @@ def check_group_overrides(args: list[str]) -> None:
                 raise ConfigError(f"{override.key_or_group}={value}: no such config (valid: {', '.join(valid)})")
 
 
+def config_groups() -> str:
+    """``--help``'s config groups (conf/hydra/help/sso.yaml): Hydra's own list, $APP_CONFIG_GROUPS,
+    would also name sweep/wandb, which holds W&B sweep files, not configs."""
+    conf = Path(CONFIG_DIR)
+    groups = sorted({p.parent.relative_to(conf).as_posix() for p in conf.glob("*/**/*.yaml")})
+    return "\n".join(
+        f"{group}: {', '.join(sorted(p.stem for p in (conf / group).glob('*.yaml')))}"
+        for group in groups
+        if not (group.startswith("hydra/") or group == "sweep/wandb")
+    )
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
     from sso_lightning.train import run
@@ -81,6 +93,7 @@ def main() -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
     hydra_main()
     if failed_jobs:
         print(f"error: {len(failed_jobs)} job(s) of the sweep failed: {', '.join(failed_jobs)}", file=sys.stderr)

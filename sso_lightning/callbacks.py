@@ -10,13 +10,11 @@ holds the final policy's quality.
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from collections.abc import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from sso_lightning.data.snapshot import SteeredExample
 from sso_lightning.data.steering import render_prompt
@@ -25,23 +23,12 @@ from sso_lightning.generation import Sampling, generate
 from sso_lightning.judges import Judge
 from sso_lightning.pipeline import IterationPipeline
 from sso_lightning.schemes import PhaseStart, Scheme
+from sso_lightning.terminal import progress
 
 
 def log_epoch_metrics(trainer: L.Trainer, metrics: dict[str, float], epoch: int) -> None:
     for logger in trainer.loggers:
         logger.log_metrics({**metrics, "epoch": epoch}, step=trainer.global_step)
-
-
-def progress(trainer: L.Trainer, total: int, description: str) -> Tqdm:
-    """A bar in Lightning's own style, shown when the trainer shows its progress bar."""
-    return Tqdm(
-        total=total,
-        desc=description,
-        disable=trainer.progress_bar_callback is None,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
 
 
 def ranks(trainer: L.Trainer) -> Ranks:

@@ -1,4 +1,4 @@
-"""Pure tensor functions for SSO (README, "The loss"): per-sequence log-probs, base pairwise
+"""Pure tensor functions for SSO (docs/method.md): per-sequence log-probs, base pairwise
 losses, the SFT term, the steering terms L+ and L-, the weight W, and the objective in
 each phase. No Lightning, no I/O, no data layer."""
 
@@ -182,7 +182,7 @@ PHASES = ("combined", "generator", "policy")
 @dataclass
 class SSOObjective:
     """The SSO objective, per example, batch mean. ``phase`` names the loss a scheme's
-    phase trains (README, "The loss"; a scheme is a sequence of these phases):
+    phase trains (docs/method.md; a scheme is a sequence of these phases):
 
     * combined (scheme combined): P + W*g*(L+ + L-) with P = l_base(x,y+,y-) + policy_sft*l_sft(x,y+);
       with g = 0 the authors' code multiplies P itself by W. ``sft_in_weight=False`` moves the

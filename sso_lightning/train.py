@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig
 
@@ -23,10 +23,12 @@ from sso_lightning.data.datamodule import SteeredDataModule
 from sso_lightning.data.snapshot import read_snapshot
 from sso_lightning.data.steering import require_chat_template
 from sso_lightning.errors import ConfigError
+from sso_lightning.loggers import log_run_config
 from sso_lightning.module import SSOModule
 from sso_lightning.pipeline import IterationPipeline
 from sso_lightning.references import make_reference
 from sso_lightning.summary import epoch_table, format_table
+from sso_lightning.terminal import StderrProgressBar, quiet_lightning
 
 
 def build(node: DictConfig, **kwargs):
@@ -99,21 +101,23 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         *([schedule, LearningRateMonitor(logging_interval="step")] if schedule else []),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(TQDMProgressBar())  # the same bar style as the generation bars
+        callbacks.append(StderrProgressBar())  # the same bar style as the generation bars
     # check_fresh guarantees no earlier metrics.csv, so the CSV logger's "will be deleted" warning is moot
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     loggers = [CSVLogger(run_dir, name="", version=""), *(build(node) for node in cfg.logger.values())]
-    # one epoch per phase: trainer.max_epochs counts iterations
-    trainer = build(
-        cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=cfg.trainer.max_epochs * len(scheme.phases)
-    )
-    try:
-        trainer.fit(module, datamodule=datamodule)
-    finally:
-        if any(isinstance(lg, WandbLogger) for lg in loggers):
-            import wandb
+    with quiet_lightning():
+        # one epoch per phase: trainer.max_epochs counts iterations
+        trainer = build(
+            cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=cfg.trainer.max_epochs * len(scheme.phases)
+        )
+        try:
+            log_run_config(trainer.loggers, cfg)  # after the Trainer: only global rank zero logs
+            trainer.fit(module, datamodule=datamodule)
+        finally:
+            if any(isinstance(lg, WandbLogger) for lg in loggers):
+                import wandb
 
-            wandb.finish()
+                wandb.finish()
     if not trainer.is_global_zero:
         return run_dir
     export_policy(policy, tokenizer, run_dir / "policy")

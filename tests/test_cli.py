@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -173,3 +174,28 @@ def test_slurm_launcher_config_composes(cli):
     assert launcher["tasks_per_node"] == launcher["gpus_per_node"]
     plugin_own = cli("hydra/launcher=submitit_local", "--cfg", "hydra")  # the plugin's own options stay valid
     assert plugin_own.returncode == 0, plugin_own.stderr[-2000:]
+
+
+def help_groups(text: str) -> list[str]:
+    """The ``group: options`` lines of a ``--help`` text's configuration groups section."""
+    section = text.split("== Configuration groups ==")[1].split("==")[0]
+    return [line for line in section.splitlines() if re.match(r"[\w/]+: ", line)]
+
+
+def test_help_says_what_this_is_and_how_to_use_it(cli):
+    result = cli("--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "powered by Hydra" not in result.stdout and "Self-Steering Optimization" in result.stdout.splitlines()[0]
+    for command in (
+        "python -m sso_lightning ",
+        "python -m sso_lightning model=llama3_8b loss.gamma=0.1",
+        "python -m sso_lightning -m +sweep=ablation",
+        "python -m sso_lightning.report",
+        "README.md",
+    ):
+        assert command in result.stdout, command
+    # the groups Hydra lists itself, less sweep/wandb: W&B sweep files, not configs
+    hydras_own = cli("--help", "hydra/help=default")
+    assert hydras_own.returncode == 0, hydras_own.stderr[-2000:]
+    assert "sweep/wandb" not in result.stdout
+    assert help_groups(result.stdout) == [g for g in help_groups(hydras_own.stdout) if not g.startswith("sweep/wandb:")]

@@ -167,7 +167,7 @@ def printed_table(stdout: str) -> list[list[str]]:
 
 
 def test_readme_default_command_prints_exactly_the_table_in_epochs_csv(cli, tmp_path):
-    result = cli(cwd=tmp_path)  # python -m sso_lightning, as the README has it
+    result = cli(cwd=tmp_path)  # python -m sso_lightning: what the README's ./sso run runs
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = Path(result.stdout.rsplit("run directory: ", 1)[1].strip())
     assert run_dir.parent.parent == tmp_path / "outputs"

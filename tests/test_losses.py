@@ -1,6 +1,6 @@
 """sso_lightning.losses against independent references: a naive float64 log-softmax for
 sequence_logps, TRL's own DPOTrainer code for DPO/IPO, and a literal transcription of
-SSO.md's equations (plain torch ops, no losses.py helpers) for every SSO term."""
+docs/method.md's equations (plain torch ops, no losses.py helpers) for every SSO term."""
 
 from __future__ import annotations
 
@@ -278,7 +278,7 @@ def test_steering_weight(alpha, detach):
     assert w.requires_grad is (not detach)
 
 
-# ---------------------------------------------------------------- SSO objective vs SSO.md
+# ---------------------------------------------------------------- SSO objective vs docs/method.md
 
 
 def sso_data(b=8, seed=0):
@@ -293,7 +293,7 @@ def sso_data(b=8, seed=0):
 
 
 def paper_l_base(base, params, win, lose):
-    """l_base(c, y_w, y_l) from SSO.md, on (s, s_ref, |y|) triples; returns (loss, margin)."""
+    """l_base(c, y_w, y_l) from docs/method.md, on (s, s_ref, |y|) triples; returns (loss, margin)."""
     (s_w, r_w, n_w), (s_l, r_l, n_l) = win, lose
     beta = params["beta"]
     if base == "dpo":
@@ -320,7 +320,7 @@ def paper_objective(
     alpha=0.66,
     detach_weight=False,
 ):
-    """SSO.md scheme 1 written out: L = l_base(x,y+,y-) + lambda_sft l_sft(x,y+) + W g (L+ + L-)."""
+    """docs/method.md, combined scheme, written out: L = l_base(x,y+,y-) + lambda_sft l_sft(x,y+) + W g (L+ + L-)."""
 
     def l_base(c_w, c_l):
         return paper_l_base(base, params, data[c_w], data[c_l])
@@ -443,7 +443,7 @@ def test_weight_is_attached_by_default(g, kwargs):
     alpha = 0.66
     w = torch.sigmoid(-(alpha * s / n + (1 - alpha) * data["x|y-"][0] / data["x|y-"][2])).detach()
     dw_ds = -w * (1 - w) * alpha / n
-    if g > 0:  # L+ + L- (paper form), transcribed from SSO.md
+    if g > 0:  # L+ + L- (paper form), transcribed from docs/method.md
 
         def l_base(c_w, c_l):
             return paper_l_base("dpo", {"beta": 0.1}, data[c_w], data[c_l])[0]

@@ -178,7 +178,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-# Each named variant (conf/variant) against SSO.md's formula for it, written out here by hand.
+# Each named variant (conf/variant) against docs/method.md's formula for it, written out here by hand.
 def dpo(w: SeqLogps, l: SeqLogps, beta: float) -> torch.Tensor:
     return -torch.nn.functional.logsigmoid(beta * ((w.policy - w.ref) - (l.policy - l.ref)))
 
@@ -193,7 +193,7 @@ def nll(s: SeqLogps) -> torch.Tensor:
 
 
 def paper_formula(variant: str, s: dict, base, gamma: float, g: float, alpha: float) -> dict[str, torch.Tensor]:
-    """SSO.md: P = l(x,y+,y-); L+ = l(x+,y+,y-) + gamma*sft(x+,y+); L- = l(x-,yo,y+) + gamma*sft(x-,yo)
+    """docs/method.md: P = l(x,y+,y-); L+ = l(x+,y+,y-) + gamma*sft(x+,y+); L- = l(x-,yo,y+) + gamma*sft(x-,yo)
     (naive: l(x-,y-,y+) + gamma*sft(x-,y-)); W = sigmoid(-(alpha*a(x,y+) + (1-alpha)*a(x,y-)))."""
     policy = base(s["x|y+"], s["x|y-"])
     plus = lambda: base(s["x+|y+"], s["x+|y-"]) + gamma * nll(s["x+|y+"])
@@ -215,6 +215,12 @@ def paper_formula(variant: str, s: dict, base, gamma: float, g: float, alpha: fl
         "PBAA offline": lambda: policy,
         "SSO (IPO-based)": lambda: policy + w() * g * (plus() + minus()),
         "PBAA (IPO-based)": lambda: policy,
+        # the authors' code: SFT (coefficient gamma = pref_ftx) outside W, the steered ones times g
+        "SSO (authors' code)": lambda: (
+            policy
+            + gamma * (nll(s["x|y+"]) + g * nll(s["x+|y+"]) + g * nll(s["x-|yo"]))
+            + w() * g * (base(s["x+|y+"], s["x+|y-"]) + base(s["x-|yo"], s["x-|y+"]))
+        ),
     }
     if variant == "SSO two-stage":
         return {"generator": (plus() + minus()).mean(), "policy": policy.mean()}

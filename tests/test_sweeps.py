@@ -53,10 +53,10 @@ def test_wandb_sweep_runs_the_hydra_sweeps_grid(path):
     assert compose_all(grid)
 
 
-def readme_job_counts() -> dict[str, int]:
-    """``+sweep=<name>`` -> the "(N jobs)" the README's sweep table states."""
+def documented_job_counts() -> dict[str, int]:
+    """``+sweep=<name>`` -> the "(N jobs)" the sweep table of docs/experiments.md states."""
     counts = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (ROOT / "docs" / "experiments.md").read_text().splitlines():
         sweep = re.search(r"`python -m sso_lightning -m \+sweep=(\w+)`", line)
         jobs = re.search(r"\((\d+) jobs\)", line)
         if line.startswith("|") and sweep and jobs:
@@ -73,8 +73,8 @@ def hydra_jobs(name: str) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
-def test_readme_job_counts_are_what_each_sweep_expands_to():
-    counts = readme_job_counts()
+def test_documented_job_counts_are_what_each_sweep_expands_to():
+    counts = documented_job_counts()
     assert sorted(counts) == sorted(p.stem for p in HYDRA_SWEEPS)
     for name, jobs in counts.items():
         expanded = hydra_jobs(name)

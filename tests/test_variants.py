@@ -1,5 +1,5 @@
-"""Every named variant composes to the switches its README row states, read both from the
-composed config and from the objective and scheme built from it. The README table is the
+"""Every named variant composes to the switches its row in docs/experiments.md states, read both from the
+composed config and from the objective and scheme built from it. That table is the
 reference: a variant config that drifts from it (e.g. ``detach_weight: true`` slipped into one
 variant) fails here."""
 
@@ -15,9 +15,9 @@ from hydra.utils import instantiate
 from sso_lightning.__main__ import CONFIG_DIR
 
 
-def readme_variant_rows() -> dict[str, dict[str, str]]:
-    """The README's variant table, one dict per variant, keyed by the first word of each header cell."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+def documented_variant_rows() -> dict[str, dict[str, str]]:
+    """The variant table of docs/experiments.md, one dict per variant, keyed by the first word of each header cell."""
+    lines = (ROOT / "docs" / "experiments.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| `variant=` |"))
     header = [cell.strip().split(" ")[0].strip("`") for cell in lines[start].strip("|").split("|")]
     rows = {}
@@ -29,18 +29,18 @@ def readme_variant_rows() -> dict[str, dict[str, str]]:
     return rows
 
 
-ROWS = readme_variant_rows()
+ROWS = documented_variant_rows()
 CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "variant").glob("*.yaml"))
 W_STATES = {"attached": (True, False), "detached": (True, True), "off": (False, False)}  # (weight, detach_weight)
 SCHEMES = {"combined": "Combined", "two_stage": "TwoStage"}
 
 
-def test_the_readme_table_has_one_row_per_variant_config():
+def test_the_documented_table_has_one_row_per_variant_config():
     assert sorted(ROWS) == CONFIGS
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_variant_composes_to_its_readme_row(name):
+def test_variant_composes_to_its_documented_row(name):
     row = ROWS[name]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"variant={name}"])

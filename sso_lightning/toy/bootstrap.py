@@ -26,6 +26,7 @@ from sso_lightning.data.steering import render_prompt
 from sso_lightning.errors import ConfigError
 from sso_lightning.losses import sequence_logps
 from sso_lightning.models import PretrainedPolicy
+from sso_lightning.terminal import StderrProgressBar, quiet_lightning
 from sso_lightning.toy.task import DIGITS, FILLER_WORDS, QUERY_WORD, ToyPrompts
 from sso_lightning.toy.teacher import Teacher
 from sso_lightning.toy.tokenizer import build_toy_tokenizer
@@ -102,23 +103,24 @@ class ToyPolicy(PretrainedPolicy):
         with torch.random.fork_rng():
             torch.manual_seed(self.sft.seed)
             model = LlamaForCausalLM(self.model_config(tokenizer))
-            L.Trainer(
-                max_epochs=self.sft.epochs,
-                accelerator="cpu",
-                logger=False,
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                enable_progress_bar=True,
-                gradient_clip_val=1.0,
-            ).fit(
-                SFTModule(model, self.sft.lr),
-                DataLoader(
-                    self.sft_pairs(tokenizer),
-                    batch_size=self.sft.batch_size,
-                    shuffle=True,
-                    collate_fn=lambda pairs: pack_pairs(pairs, tokenizer.pad_token_id),
-                ),
-            )
+            with quiet_lightning():
+                L.Trainer(
+                    max_epochs=self.sft.epochs,
+                    accelerator="cpu",
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_model_summary=False,
+                    callbacks=[StderrProgressBar()],  # the bars of the run that follows, not Rich's
+                    gradient_clip_val=1.0,
+                ).fit(
+                    SFTModule(model, self.sft.lr),
+                    DataLoader(
+                        self.sft_pairs(tokenizer),
+                        batch_size=self.sft.batch_size,
+                        shuffle=True,
+                        collate_fn=lambda pairs: pack_pairs(pairs, tokenizer.pad_token_id),
+                    ),
+                )
 
         def save(directory):
             model.save_pretrained(directory)
