@@ -71,10 +71,10 @@ class IterationPipeline:
         """Before the first iteration: the reference remembers what it needs of the initial policy."""
         self.reference.start(policy)
 
-    def run(self, policy, keys: Sequence[str], snapshot: str, iteration: int, prefix: str = "data") -> IterationData:
+    def run(self, policy, keys: Sequence[str], snapshot: str, iteration: int) -> IterationData:
         """Every step with ``policy``: its answers to steered prompts, prepared to train ``keys``."""
         kept, metrics = self.sample(policy, self.steer(policy), RESPONSE_PROMPTS, iteration)
-        return self.prepare(policy, kept, keys, snapshot, metrics, prefix)
+        return self.prepare(policy, kept, keys, snapshot, metrics)
 
     def steer(self, policy) -> list[SteeredPrompt]:
         """This rank's share of the training prompts, each as x, x+ and x-."""
