@@ -64,6 +64,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     model = build(cfg.model)
     policy, tokenizer = model.load()
     require_chat_template(tokenizer)  # fail before the trainer starts
+    max_length = cfg.data.get("max_length")  # training and scoring cut rows alike
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
     datamodule = SteeredDataModule(
         cfg.data.batch_size,
@@ -72,7 +73,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         shuffle=cfg.data.get("shuffle", True),
         seed=cfg.seed,
         extra_rows=objective.aux.rows(tokenizer) if objective.aux is not None else None,
-        max_length=cfg.data.get("max_length"),
+        max_length=max_length,
     )
     schedule = build(cfg.scheduler) if cfg.scheduler else None
     module = SSOModule(
@@ -92,7 +93,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         tokenizer,
         run_dir / "data",
         reference,
-        max_length=datamodule.max_length,
+        max_length=max_length,
     )
     callbacks = [
         Iterations(scheme, pipeline, offline, regenerate),

@@ -58,6 +58,8 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
         (["loss.minus=sideways"], ["loss.minus", "paper, naive, off"]),
         (["loss.g=0"], ["loss.g=0", "loss.plus=false loss.minus=off"]),
         (["data.reference=nope"], ["data.reference=nope", "iteration, initial"]),
+        (["data.max_length=1"], ["data.max_length must be >= 2 tokens"]),
+        (["scheduler=cosine", "scheduler.warmup_ratio=1.5"], ["scheduler.warmup_ratio must be in [0, 1)"]),
         (
             ["model=hf", "model.name_or_path=/no/such/model"],
             ["model.name_or_path=/no/such/model", "could not be loaded"],

@@ -28,7 +28,6 @@ class SteeredDataModule(L.LightningDataModule):
         super().__init__()
         if max_length is not None and max_length < 2:
             raise ConfigError(f"data.max_length must be >= 2 tokens, or null for no cut (got {max_length})")
-        self.max_length = max_length
         self.batch_size, self.shuffle, self.seed, self.num_workers = batch_size, shuffle, seed, num_workers
         self.collator = Collator(keys, pad_id, extra_rows, max_length)
         self.examples: list[SteeredExample] = []
@@ -36,7 +35,7 @@ class SteeredDataModule(L.LightningDataModule):
     def set_examples(self, examples: list[SteeredExample], keys: Sequence[str]) -> None:
         """The next epoch's examples and the sequences it reads (under two_stage they change per phase)."""
         self.examples = examples
-        self.collator = Collator(keys, self.collator.pad_id, self.collator.extra_rows, self.collator.max_length)
+        self.collator.keys = tuple(keys)
 
     def train_dataloader(self) -> DataLoader:
         """Under several processes, our own DistributedSampler: Lightning's would always
