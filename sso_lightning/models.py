@@ -4,7 +4,7 @@ the model options that apply to every policy, and running a model for inference.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sso_lightning.errors import ConfigError
+from sso_lightning.forward import TrainingForward, resolve_packing, training_forward
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,21 +71,6 @@ def inference(model) -> Iterator[None]:
         model.train(was_training)
 
 
-TrainingForward = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def training_forward(model, compile: bool = False, backend: str = "inductor") -> TrainingForward:
-    """``(input_ids, attention_mask, hidden) -> (logits, final hidden state or None)`` for training
-    steps; compiled on request. Generation calls the model itself, so its changing shapes stay eager,
-    and a compiled function (not a module attribute) keeps the policy once in the state dict."""
-
-    def forward(input_ids, attention_mask, hidden: bool):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=hidden)
-        return out.logits, out.hidden_states[-1] if hidden else None
-
-    return torch.compile(forward, backend=backend) if compile else forward
-
-
 def has_adapters(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
@@ -96,7 +82,8 @@ ATTENTION = ("sdpa", "eager", "flash_attention_2")
 class PretrainedPolicy:
     """A causal LM by hub id or directory, with the options every policy takes. ``dtype: auto``
     is bfloat16 on GPU, float32 on CPU. ``compile`` compiles the training forward only
-    (``training_forward``). A subclass may decide where the weights come from (``weights``);
+    (``forward.training_forward``); ``packing`` runs training and scoring on padding-free rows
+    where that is exact (``forward``). A subclass may decide where the weights come from (``weights``);
     the loading is this class's alone."""
 
     name_or_path: str | None = None
@@ -104,6 +91,7 @@ class PretrainedPolicy:
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     compile: bool = False
+    packing: Any = "auto"  # auto | true | false (forward.resolve_packing)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def weights(self) -> str:
@@ -112,8 +100,12 @@ class PretrainedPolicy:
             raise ConfigError("model.name_or_path is not set (a hub id or a local directory)")
         return self.name_or_path
 
+    def packs(self, model) -> bool:
+        """Whether training steps and scoring run on packed rows (``model.packing``)."""
+        return resolve_packing(self.packing, model)
+
     def training_forward(self, model) -> TrainingForward:
-        return training_forward(model, self.compile)
+        return training_forward(model, self.compile, packing=self.packs(model))
 
     def load(self, path_option: str = "model.name_or_path"):
         """(model, tokenizer); ``path_option`` names the setting that chose the weights in errors."""

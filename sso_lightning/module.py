@@ -1,8 +1,8 @@
 """The LightningModule: owns the policy and turns one batch into the SSO loss.
 
 All sequences of a batch (up to 6 per example, only those the objective reads) go
-through ONE forward pass; per-sequence summed log-probs come off its logits and the
-objective from ``losses`` does the rest. Reference log-probs arrive with the data,
+through ONE forward pass (``forward``: padded, or packed without full logits), which gives
+per-sequence summed log-probs; the objective from ``losses`` does the rest. Reference log-probs arrive with the data,
 so no reference model is held here.
 
 With an auxiliary loss (``loss/aux=spo``) its rows ride in the same forward, and its head
@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 import lightning as L
 import torch
 
-from sso_lightning.losses import SeqLogps, SSOObjective, sequence_logps
-from sso_lightning.models import TrainingForward, training_forward
+from sso_lightning.forward import TrainingForward, training_forward
+from sso_lightning.losses import SeqLogps, SSOObjective
 from sso_lightning.schedule import LearningRateSchedule
 
 
@@ -36,7 +36,7 @@ class SSOModule(L.LightningModule):
         forward: TrainingForward | None = None,
         schedule: LearningRateSchedule | None = None,
     ):
-        """``forward``: the training forward (default: the policy's own, uncompiled); ``schedule``:
+        """``forward``: the training forward (default: padded, uncompiled); ``schedule``:
         the learning-rate schedule (None: the optimizer's rate throughout)."""
         super().__init__()
         self.policy, self.tokenizer, self.objective, self.make_optimizer = policy, tokenizer, objective, optimizer
@@ -49,16 +49,15 @@ class SSOModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         aux = self.aux_head is not None
-        logits, hidden = self.policy_forward(batch["input_ids"], batch["attention_mask"], aux)
         num_keys, batch_size = batch["ref"].shape
         rows = num_keys * batch_size  # the preference sequences; an auxiliary loss's rows follow
-        ids, mask = batch["input_ids"], batch["response_mask"]
-        sums, lengths = sequence_logps(logits[:rows], ids[:rows], mask[:rows])
-        sums, lengths = sums.view(num_keys, batch_size), lengths.view(num_keys, batch_size)
+        out = self.policy_forward(batch, rows, aux)
+        sums, lengths = out.sums.view(num_keys, batch_size), out.lengths.view(num_keys, batch_size)
         seqs = {key: SeqLogps(sums[i], batch["ref"][i], lengths[i]) for i, key in enumerate(self.keys)}
         aux_terms = None
         if aux:
-            aux_terms = self.objective.aux(self.aux_head, hidden[rows:], mask[rows:], batch["aux_labels"])
+            mask = batch["response_mask"][rows:]
+            aux_terms = self.objective.aux(self.aux_head, out.hidden, mask, batch["aux_labels"])
         terms = self.objective(seqs, self.phase, aux_terms)
         prefix = "generator" if self.phase == "generator" else "train"
         metrics = {f"{prefix}/{name}": value.detach() for name, value in terms.items()}

@@ -64,6 +64,7 @@ class IterationPipeline:
     reference: object = field(default_factory=IterationReference)  # see references.py
     score_batch_size: int = 64
     max_length: int | None = None  # data.max_length: rows are scored as training cuts them
+    packing: bool = False  # model.packing, resolved: rows are scored as training runs them
     ranks: Ranks = field(default_factory=Ranks)
     progress: Callable = no_progress
 
@@ -142,7 +143,13 @@ class IterationPipeline:
         scored = tuple(dict.fromkeys((*keys, *PLAIN_KEYS)))
         pad, size = self.tokenizer.pad_token_id, self.score_batch_size
         score_with = partial(
-            score_sequences, examples=examples, keys=scored, pad_id=pad, batch_size=size, max_length=self.max_length
+            score_sequences,
+            examples=examples,
+            keys=scored,
+            pad_id=pad,
+            batch_size=size,
+            max_length=self.max_length,
+            packing=self.packing,
         )
         on_policy = score_with(policy)
         reference = self.reference.score(policy, score_with, on_policy)

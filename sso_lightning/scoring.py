@@ -11,7 +11,7 @@ import torch
 
 from sso_lightning.data.batching import pack
 from sso_lightning.data.snapshot import SteeredExample
-from sso_lightning.losses import sequence_logps
+from sso_lightning.forward import score_rows
 from sso_lightning.models import inference
 
 
@@ -22,9 +22,11 @@ def score_sequences(
     pad_id: int,
     batch_size: int,
     max_length: int | None = None,
+    packing: bool = False,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per key: (summed log-probs [N], response lengths [N]) on the CPU; rows cut as training cuts
-    them (``max_length``), so stored reference log-probs match the training step's."""
+    them (``max_length``) and run as training runs them (``packing``), so stored reference
+    log-probs match the training step's."""
     device = next(model.parameters()).device
     sums = {k: [] for k in keys}
     lengths = {k: [] for k in keys}
@@ -32,8 +34,7 @@ def score_sequences(
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             batch = {k: v.to(device) for k, v in pack(chunk, keys, pad_id, max_length).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            s, n = sequence_logps(logits, batch["input_ids"], batch["response_mask"])
+            s, n, _ = score_rows(model, batch, len(keys) * len(chunk), hidden=False, packing=packing)
             for i, key in enumerate(keys):
                 sums[key].append(s[i * len(chunk) : (i + 1) * len(chunk)].cpu())
                 lengths[key].append(n[i * len(chunk) : (i + 1) * len(chunk)].cpu())

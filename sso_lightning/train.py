@@ -94,6 +94,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         run_dir / "data",
         reference,
         max_length=max_length,
+        packing=model.packs(policy),
     )
     callbacks = [
         Iterations(scheme, pipeline, offline, regenerate),

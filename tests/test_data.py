@@ -581,12 +581,13 @@ def naive_logp(model, prompt: list[int], response: tuple[int, ...]) -> float:
     return sum(float(logp[t - 1, seq[t]]) for t in range(len(prompt), len(seq)))
 
 
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("batch_size", [1, 2, 5, 8])
-def test_score_sequences_equals_naive_per_sequence(tok, model, batch_size):
+def test_score_sequences_equals_naive_per_sequence(tok, model, batch_size, packing):
     examples = scoring_examples(tok)
     keys = ["x+|y+", "x-|yo", "x|y-", "x+|y-"]
     model.eval()
-    out = score_sequences(model, examples, keys, tok.pad_token_id, batch_size=batch_size)
+    out = score_sequences(model, examples, keys, tok.pad_token_id, batch_size=batch_size, packing=packing)
     assert set(out) == set(keys)
     for key in keys:
         p, r = key.split("|")

@@ -16,8 +16,8 @@ from transformers import LlamaForCausalLM
 
 from sso_lightning.__main__ import CONFIG_DIR
 from sso_lightning.data.batching import Collator
+from sso_lightning.forward import training_forward
 from sso_lightning.losses import DPO, IPO, SeqLogps, SimPO, SSOObjective
-from sso_lightning.models import training_forward
 from sso_lightning.module import SSOModule
 from sso_lightning.sequences import SEQUENCE_KEYS
 
@@ -48,15 +48,18 @@ def sequence_by_sequence(model, example, key) -> SeqLogps:
     return SeqLogps(policy, torch.tensor(example.ref_logps[key]), torch.tensor(float(len(response))))
 
 
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_step_is_one_forward_and_equals_the_objective(world, name):
+def test_step_is_one_forward_and_equals_the_objective(world, name, packing):
     tokenizer, config, examples = world
     objective = VARIANTS[name]
     torch.manual_seed(0)
-    module = SSOModule(LlamaForCausalLM(config), tokenizer, objective, lambda params: torch.optim.SGD(params, lr=0.1))
+    policy = LlamaForCausalLM(config)
+    forward = training_forward(policy, packing=packing)
+    module = SSOModule(policy, tokenizer, objective, lambda params: torch.optim.SGD(params, lr=0.1), forward=forward)
     module.log_dict = lambda *a, **k: None
     calls = []
-    module.policy.register_forward_hook(lambda *_: calls.append(1))
+    module.policy.get_decoder().register_forward_hook(lambda *_: calls.append(1))
     batch = Collator(objective.required_sequences(), tokenizer.pad_token_id)(examples)
     loss = module.training_step(batch, 0)
     assert len(calls) == 1

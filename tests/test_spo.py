@@ -16,6 +16,7 @@ from sso_lightning.auxiliary.spo import SPO, degree_loss
 from sso_lightning.data.batching import Collator
 from sso_lightning.data.degrees import DegreeVariants, rake_items, remove_spans
 from sso_lightning.errors import ConfigError
+from sso_lightning.forward import training_forward
 from sso_lightning.losses import DPO, SSOObjective
 from sso_lightning.module import SSOModule
 
@@ -101,12 +102,14 @@ def world():
     return steered_world(6, query_digits=(3, 6), answer_digits=(3, 6))
 
 
-def module_and_batch(world, aux, responses="chosen"):
+def module_and_batch(world, aux, responses="chosen", packing=False):
     tokenizer, config, examples = world
     spo = SPO(weight=0.5, extractor="toy", responses=responses) if aux else None
     objective = SSOObjective(DPO(0.1), aux=spo)
     torch.manual_seed(0)
-    module = SSOModule(LlamaForCausalLM(config), tokenizer, objective, lambda params: None)
+    policy = LlamaForCausalLM(config)
+    forward = training_forward(policy, packing=packing)
+    module = SSOModule(policy, tokenizer, objective, lambda params: None, forward=forward)
     module.log_dict = lambda *a, **k: None
     rows = spo.rows(tokenizer) if aux else None
     return module, Collator(module.keys, tokenizer.pad_token_id, rows)(examples)
@@ -122,11 +125,12 @@ def test_degree_rows_follow_the_preference_rows_in_one_batch(world, responses, p
     assert max(labels) == 3
 
 
-def test_spo_loss_is_the_preference_loss_plus_lambda_times_the_degree_loss_and_trains_both(world):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_spo_loss_is_the_preference_loss_plus_lambda_times_the_degree_loss_and_trains_both(world, packing):
     plain, plain_batch = module_and_batch(world, None)
-    module, batch = module_and_batch(world, "spo")
+    module, batch = module_and_batch(world, "spo", packing=packing)
     calls = []
-    module.policy.register_forward_hook(lambda *_: calls.append(1))
+    module.policy.get_decoder().register_forward_hook(lambda *_: calls.append(1))
     loss = module.training_step(batch, 0)
     assert len(calls) == 1  # the variants ride in the same forward as the preference sequences
 

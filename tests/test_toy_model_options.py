@@ -43,6 +43,10 @@ def test_every_model_option_reaches_the_toy_policy(cache_dir):
     assert hasattr(model.training_forward(policy), "_torchdynamo_orig_callable")  # what torch.compile returns
     assert not hasattr(toy_model(cache_dir)[0].training_forward(plain), "_torchdynamo_orig_callable")
 
+    default, _, _ = toy_model(cache_dir)
+    unpacked, _, _ = toy_model(cache_dir, "model.packing=false")
+    assert default.packs(plain) and not unpacked.packs(plain)  # the toy Llama packs exactly, unless told not to
+
 
 @pytest.mark.parametrize(
     "overrides",
