@@ -19,7 +19,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(dtype: str, option: str) -> torch.dtype:
-    """``auto`` is bfloat16 on GPU, float32 on CPU; ``option`` names the setting in errors."""
+    """``auto`` is bfloat16 on GPU, float32 on CPU; ``option`` names the setting in errors.
+
+    bfloat16 suits weights that do not train (judges, a frozen LoRA base: peft keeps the adapters
+    float32); trained weights need float32, as AdamW's small steps round away in bfloat16. So the
+    model configs say ``float32``, and ``sso_lightning.precision`` warns when updates would be lost."""
     if dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if dtype not in DTYPES:

@@ -26,6 +26,7 @@ from sso_lightning.errors import ConfigError
 from sso_lightning.loggers import log_run_config
 from sso_lightning.module import SSOModule
 from sso_lightning.pipeline import IterationPipeline
+from sso_lightning.precision import UnchangedWeights
 from sso_lightning.references import make_reference
 from sso_lightning.summary import epoch_table, format_table
 from sso_lightning.terminal import StderrProgressBar, quiet_lightning
@@ -97,6 +98,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         packing=model.packs(policy),
     )
     callbacks = [
+        UnchangedWeights(),  # first: its precision warning comes before the first generation
         Iterations(scheme, pipeline, offline, regenerate),
         PolicyQuality(prompts.eval, judge, sampling),
         TrainThroughput(),
