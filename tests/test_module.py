@@ -58,11 +58,13 @@ def test_step_is_one_forward_and_equals_the_objective(world, name, packing):
     forward = training_forward(policy, packing=packing)
     module = SSOModule(policy, tokenizer, objective, lambda params: torch.optim.SGD(params, lr=0.1), forward=forward)
     module.log_dict = lambda *a, **k: None
-    calls = []
+    calls, full_logits = [], []
     module.policy.get_decoder().register_forward_hook(lambda *_: calls.append(1))
+    module.policy.get_output_embeddings().register_forward_hook(lambda *_: full_logits.append(1))
     batch = Collator(objective.required_sequences(), tokenizer.pad_token_id)(examples)
     loss = module.training_step(batch, 0)
     assert len(calls) == 1
+    assert len(full_logits) == (0 if packing else 1)  # packed: the head runs only at response positions
     assert batch["input_ids"].shape[0] == len(objective.required_sequences()) * len(examples)
 
     stacked = {}
@@ -143,14 +145,17 @@ def test_steps_on_a_fixed_batch_lower_its_loss(world, name):
     assert losses[-1] < losses[0] - 0.01 * abs(losses[0]), losses
 
 
-def test_compiled_training_forward_gives_the_same_loss(world):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_compiled_training_forward_gives_the_same_loss(world, packing):
     tokenizer, config, examples = world
     objective = VARIANTS["sso"]
     batch = Collator(objective.required_sequences(), tokenizer.pad_token_id)(examples)
     torch.manual_seed(0)
     policy = LlamaForCausalLM(config)
-    plain = SSOModule(policy, tokenizer, objective, lambda params: None)
-    forward = training_forward(policy, compile=True, backend="aot_eager")
+    plain = SSOModule(
+        policy, tokenizer, objective, lambda params: None, forward=training_forward(policy, packing=packing)
+    )
+    forward = training_forward(policy, compile=True, backend="aot_eager", packing=packing)
     compiled = SSOModule(policy, tokenizer, objective, lambda params: None, forward=forward)
     for module in (plain, compiled):
         module.log_dict = lambda *a, **k: None
@@ -160,7 +165,8 @@ def test_compiled_training_forward_gives_the_same_loss(world):
     )
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path, packing):
     from sso_lightning.models import PretrainedPolicy
 
     tokenizer, config, examples = world
@@ -173,7 +179,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path):
     for checkpointing in (False, True):
         policy, tok = PretrainedPolicy(str(tmp_path), dtype="float32", gradient_checkpointing=checkpointing).load()
         assert policy.is_gradient_checkpointing == checkpointing
-        module = SSOModule(policy, tok, objective, lambda params: None)
+        module = SSOModule(
+            policy, tok, objective, lambda params: None, forward=training_forward(policy, packing=packing)
+        )
         module.log_dict = lambda *a, **k: None
         module.training_step(batch, 0).backward()
         grads.append([p.grad for p in policy.parameters()])
