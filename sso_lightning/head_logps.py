@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sso_lightning.losses import per_row, response_tokens
+
 CHUNK_ELEMENTS = 2**26  # logits per chunk: 256 MB in float32
 
 
@@ -78,15 +80,11 @@ def head_sequence_logps(
     ``hidden`` [M, H]: final hidden states of every position, flat; ``index`` [N, T]: where token
     (n, t) of the batch sits in ``hidden`` (the identity for a padded batch, the packing's map for
     packed rows); ``input_ids`` and ``response_mask`` [N, T], the mask False at t = 0."""
-    response_mask = response_mask.bool()
-    if response_mask[:, 0].any():
-        raise ValueError("response_mask[:, 0] must be False: the first token has no prediction")
-    seq, pos = response_mask.nonzero(as_tuple=True)
+    seq, pos = response_tokens(response_mask)
     predictors = index[seq, pos - 1]  # token t is predicted by the state at t - 1
     dtype = compute_dtype(head.weight)
     chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
     token_logps = _HeadTokenLogProbs.apply(
         hidden[predictors], head.weight, head.bias, input_ids[seq, pos].long(), chunk, dtype
     )
-    sums = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=hidden.device).index_add(0, seq, token_logps)
-    return sums, response_mask.sum(-1).float()
+    return per_row(token_logps, seq, response_mask)

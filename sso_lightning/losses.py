@@ -84,16 +84,27 @@ def sequence_logps(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
-    response_mask = response_mask.bool()
-    if response_mask[:, 0].any():
-        raise ValueError("response_mask[:, 0] must be False: the first token has no prediction")
     n, t, v = logits.shape
-    seq, pos = response_mask.nonzero(as_tuple=True)
+    seq, pos = response_tokens(response_mask)
     flat_positions = seq * t + pos - 1  # the row of logits.view(n*t, v) that predicts token (seq, pos)
     labels = input_ids[seq, pos].long()
     token_logps = _TokenLogProbs.apply(logits.reshape(n * t, v), flat_positions, labels, chunk_size)
-    sums = torch.zeros(n, dtype=token_logps.dtype, device=logits.device).index_add(0, seq, token_logps)
-    return sums, response_mask.sum(-1).float()
+    return per_row(token_logps, seq, response_mask)
+
+
+def response_tokens(response_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(row, position) of every counted token. Token t is predicted at t - 1, so the mask must be
+    False at t = 0."""
+    response_mask = response_mask.bool()
+    if response_mask[:, 0].any():
+        raise ValueError("response_mask[:, 0] must be False: the first token has no prediction")
+    return response_mask.nonzero(as_tuple=True)
+
+
+def per_row(token_logps: Tensor, seq: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's summed token log-probs (``seq``: the row of each token) and response length."""
+    sums = torch.zeros(response_mask.shape[0], dtype=token_logps.dtype, device=token_logps.device)
+    return sums.index_add(0, seq, token_logps), response_mask.bool().sum(-1).float()
 
 
 class PairLoss(NamedTuple):
