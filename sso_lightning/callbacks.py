@@ -19,7 +19,8 @@ import torch
 from sso_lightning.data.snapshot import SteeredExample
 from sso_lightning.data.steering import render_prompt
 from sso_lightning.distributed import Ranks, gather, shard
-from sso_lightning.generation import Sampling, generate
+from sso_lightning.engines import Engine
+from sso_lightning.generation import Sampling
 from sso_lightning.judges import Judge
 from sso_lightning.pipeline import IterationPipeline
 from sso_lightning.schemes import PhaseStart, Scheme
@@ -82,10 +83,10 @@ class Iterations(L.Callback):
 
 class PolicyQuality(L.Callback):
     """``eval/quality``: the judge's mean score of the plain policy's own answers on
-    held-out prompts, before the first update and after every epoch."""
+    held-out prompts, before the first update and after every epoch, sampled by ``engine``."""
 
-    def __init__(self, queries: Sequence[str], judge: Judge, sampling: Sampling):
-        self.queries, self.judge, self.sampling = list(queries), judge, sampling
+    def __init__(self, queries: Sequence[str], judge: Judge, sampling: Sampling, engine: Engine):
+        self.queries, self.judge, self.sampling, self.engine = list(queries), judge, sampling, engine
 
     def on_train_start(self, trainer, pl_module):
         self.evaluate(trainer, pl_module, epoch=0)
@@ -102,7 +103,7 @@ class PolicyQuality(L.Callback):
         queries = shard(self.queries, ranks(trainer))
         bar = progress(trainer, len(queries), f"Evaluating after {epoch} epoch(s)")
         prompts = [render_prompt(tokenizer, q) for q in queries]
-        responses = generate(pl_module.policy, tokenizer, prompts, self.sampling, on_batch=bar.update)
+        responses = self.engine.generate(pl_module.policy, tokenizer, prompts, self.sampling, on_batch=bar.update)
         bar.close()
         scores = gather(self.judge.score(queries, responses), ranks(trainer))
         log_epoch_metrics(trainer, {"eval/quality": sum(scores) / len(scores)}, epoch)

@@ -24,8 +24,10 @@ from sso_lightning.data.filtering import DROP_REASONS, drop_degenerate
 from sso_lightning.data.snapshot import SteeredExample, write_snapshot
 from sso_lightning.data.steering import SteeredPrompt, steer
 from sso_lightning.distributed import Ranks, gather, shard
+from sso_lightning.engines import Engine
+from sso_lightning.engines.hf import Engine as HFGenerate
 from sso_lightning.errors import ConfigError
-from sso_lightning.generation import Sampling, generate
+from sso_lightning.generation import Sampling
 from sso_lightning.judges import Judge, pair_preferences
 from sso_lightning.references import IterationReference
 from sso_lightning.scoring import score_sequences
@@ -65,6 +67,7 @@ class IterationPipeline:
     score_batch_size: int = 64
     max_length: int | None = None  # data.max_length: rows are scored as training cuts them
     packing: bool = False  # model.packing, resolved: rows are scored as training runs them
+    engine: Engine = field(default_factory=HFGenerate)  # generation.backend: what samples the answers
     ranks: Ranks = field(default_factory=Ranks)
     progress: Callable = no_progress
 
@@ -80,7 +83,7 @@ class IterationPipeline:
     def steer(self, policy) -> list[SteeredPrompt]:
         """This rank's share of the training prompts, each as x, x+ and x-."""
         if hasattr(self.principles, "bind"):  # a principle writer may use the policy itself
-            self.principles.bind(policy, self.tokenizer)
+            self.principles.bind(policy, self.tokenizer, self.engine)
         principles = dict(zip(self.queries, self.principles.for_queries(self.queries)))
         return [steer(self.tokenizer, q, principles[q]) for q in self.own_share(self.queries)]
 
@@ -96,7 +99,8 @@ class IterationPipeline:
         requests = [(p, key) for p in prompts for key in responses.values()]
         bar = self.progress(len(requests), f"Generating epoch {iteration}")
         began = time.perf_counter()
-        outputs = generate(policy, self.tokenizer, [p.ids[k] for p, k in requests], self.sampling, on_batch=bar.update)
+        prompt_ids = [p.ids[k] for p, k in requests]
+        outputs = self.engine.generate(policy, self.tokenizer, prompt_ids, self.sampling, on_batch=bar.update)
         seconds = time.perf_counter() - began
         bar.close()
         n = len(responses)

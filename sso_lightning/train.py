@@ -61,10 +61,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     reference = make_reference(cfg.data.reference)
     keys = objective.required_sequences(scheme.phases[0])
     prompts = build(cfg.data.prompts).load()
-    principles, judge, sampling = build(cfg.principles), build(cfg.judge), build(cfg.generation)
+    principles, judge, generation = build(cfg.principles), build(cfg.judge), build(cfg.generation)
+    sampling, engine = generation.sampling(), generation.engine()
     model = build(cfg.model)
     policy, tokenizer = model.load()
     require_chat_template(tokenizer)  # fail before the trainer starts
+    engine.check(policy)
     max_length = cfg.data.get("max_length")  # training and scoring cut rows alike
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
     datamodule = SteeredDataModule(
@@ -96,11 +98,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         reference,
         max_length=max_length,
         packing=model.packs(policy),
+        engine=engine,
     )
     callbacks = [
         UnchangedWeights(),  # first: its precision warning comes before the first generation
         Iterations(scheme, pipeline, offline, regenerate),
-        PolicyQuality(prompts.eval, judge, sampling),
+        PolicyQuality(prompts.eval, judge, sampling, engine),
         TrainThroughput(),
         *([schedule, LearningRateMonitor(logging_interval="step")] if schedule else []),
     ]
@@ -118,6 +121,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
             log_run_config(trainer.loggers, cfg)  # after the Trainer: only global rank zero logs
             trainer.fit(module, datamodule=datamodule)
         finally:
+            engine.close()
             if any(isinstance(lg, WandbLogger) for lg in loggers):
                 import wandb
 

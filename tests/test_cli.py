@@ -60,6 +60,11 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
         (["data.reference=nope"], ["data.reference=nope", "iteration, initial"]),
         (["data.max_length=1"], ["data.max_length must be >= 2 tokens"]),
         (["scheduler=cosine", "scheduler.warmup_ratio=1.5"], ["scheduler.warmup_ratio must be in [0, 1)"]),
+        (["generation.backend=nope"], ["generation.backend=nope", "valid: hf, vllm"]),
+        (
+            ["generation.backend=vllm", "generation.engines.vllm.sync=nope"],
+            ["generation.engines.vllm.sync=nope", "valid: direct, disk"],
+        ),
         (
             ["model=hf", "model.name_or_path=/no/such/model"],
             ["model.name_or_path=/no/such/model", "could not be loaded"],

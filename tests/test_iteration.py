@@ -23,7 +23,7 @@ import torch
 from conftest import run_in_process
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sso_lightning import pipeline
+from sso_lightning import train
 from sso_lightning.data.principles import PrincipleLibrary
 from sso_lightning.data.steering import render_prompt
 from sso_lightning.generation import Response, Sampling
@@ -39,14 +39,14 @@ RUN = [
 
 
 class RecordingGenerate:
-    """Stands in for the pipeline's ``generate``: answers each prompt with a new digit string
+    """Stands in for the pipeline's engine: answers each prompt with a new digit string
     ("1", "2", ..., "1 0", ...) and remembers the prompt of every answer and the weights of every call."""
 
     def __init__(self):
         self.prompt_of: dict[tuple[int, ...], tuple[int, ...]] = {}
         self.weights: list[dict[str, torch.Tensor]] = []
 
-    def __call__(self, model, tokenizer, prompts, sampling, on_batch=None):
+    def generate(self, model, tokenizer, prompts, sampling, on_batch=None):
         self.weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         answers = []
         for prompt in prompts:
@@ -56,10 +56,17 @@ class RecordingGenerate:
             answers.append(Response(ids, " ".join(words), True))
         return answers
 
+    def close(self):
+        pass
+
 
 def recorded_run(monkeypatch, tmp_path, model_dir, *overrides) -> RecordingGenerate:
+    """A run whose pipeline samples with the recorder (evaluation keeps the run's own engine)."""
     recorder = RecordingGenerate()
-    monkeypatch.setattr(pipeline, "generate", recorder)
+    real = train.IterationPipeline
+    monkeypatch.setattr(
+        train, "IterationPipeline", lambda *args, **kwargs: real(*args, **{**kwargs, "engine": recorder})
+    )
     run_in_process(tmp_path, model_dir, *RUN, *overrides)
     return recorder
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig
 from sso_lightning.bench.shapes import SHAPES, Lengths, Shape
 from sso_lightning.errors import ConfigError
 
-ROWS = ("pbaa", "sso", "scoring", "generation", "memory", "mfu")
+ROWS = ("pbaa", "sso", "scoring", "generation", "vllm", "memory", "mfu")
 # the precisions the bare loop can mirror (autocast or not); the PBAA rows set their own
 PRECISIONS = ("32-true", "bf16-mixed")
 UNSHAPED = "mid"  # without bench.shape: the config's model, with these lengths and step counts

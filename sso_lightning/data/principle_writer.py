@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from sso_lightning.data.principles import PrincipleLibrary, PrinciplePair
 from sso_lightning.data.steering import render_prompt
-from sso_lightning.generation import Sampling, generate
+from sso_lightning.engines.hf import Engine as HFGenerate
+from sso_lightning.generation import Sampling
 
 FEATURE_PROMPT = (
     "Here is a user query:\n\n{query}\n\n"
@@ -51,11 +52,13 @@ class GeneratedPrinciples:
 
     def __post_init__(self):
         self._model = self._tokenizer = None
+        self._engine = HFGenerate()  # a separate principle model answers through Hugging Face generate
 
-    def bind(self, model, tokenizer) -> None:
-        """Use the policy as principle model (when no separate one is configured)."""
+    def bind(self, model, tokenizer, engine=None) -> None:
+        """Use the policy as principle model, through the run's engine (when no separate one is configured)."""
         if self.model is None:
             self._model, self._tokenizer = model, tokenizer
+            self._engine = engine or self._engine
 
     def for_queries(self, queries: Sequence[str]) -> list[PrinciplePair]:
         new = [q for q in dict.fromkeys(queries) if q not in self.cache]
@@ -117,7 +120,7 @@ class GeneratedPrinciples:
         model, tokenizer = self.principle_model()
         ids = [render_prompt(tokenizer, p) for p in prompts]
         sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-        return [r.text for r in generate(model, tokenizer, ids, sampling)]
+        return [r.text for r in self._engine.generate(model, tokenizer, ids, sampling)]
 
     def principle_model(self):
         if self._model is None:
