@@ -66,6 +66,10 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
             ["generation.engines.vllm.sync=nope", "valid: direct, disk"],
         ),
         (
+            ["generation.backend=vllm", "generation.engines.vllm.kv_cache_gib=0"],
+            ["generation.engines.vllm.kv_cache_gib must be > 0 or null"],
+        ),
+        (
             ["model=hf", "model.name_or_path=/no/such/model"],
             ["model.name_or_path=/no/such/model", "could not be loaded"],
         ),

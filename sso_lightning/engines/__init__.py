@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from sso_lightning.errors import ConfigError
@@ -50,22 +50,15 @@ def load_engine(backend: str, options: Mapping[str, Any] | None = None) -> Engin
     return module.Engine(**dict(options or {}))
 
 
-@dataclass
-class Generation:
+@dataclass(frozen=True)
+class Generation(Sampling):
     """``generation``: how answers are sampled (``sampling()``) and by which engine (``engine()``)."""
 
-    temperature: float = 0.7
-    top_p: float = 0.8
-    max_new_tokens: int = 2048
-    batch_size: int = 64
     backend: str = "hf"
     engines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # options per backend
 
-    def __post_init__(self):
-        self.sampling()  # bad sampling settings fail when the config is built
-
     def sampling(self) -> Sampling:
-        return Sampling(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
+        return Sampling(**{f.name: getattr(self, f.name) for f in fields(Sampling)})
 
     def engine(self) -> Engine:
         return load_engine(self.backend, self.engines.get(self.backend))

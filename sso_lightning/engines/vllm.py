@@ -9,8 +9,10 @@ this process, which the run seeds, so a seeded run repeats. Under several proces
 own engine on its own device and samples its own shard (vLLM's ``external_launcher``).
 
 On a GPU the engine shares the card with training: ``gpu_memory_utilization`` is the share it
-takes for weights and KV cache, and ``sleep: true`` frees that between generations (weights and
-cache are discarded and rebuilt at the next call). On CPU the share is of host memory.
+takes for weights and KV cache (or ``kv_cache_gib`` sets the cache's size), and ``sleep: true``
+frees that between generations (weights and cache are discarded and rebuilt at the next call).
+On CPU the share is of host memory, and vLLM counts this whole process's memory against it, so
+``kv_cache_gib`` is the dependable setting there.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def require_cpu_head_size(config) -> None:
 @dataclass
 class Engine:
     gpu_memory_utilization: float = 0.3
+    kv_cache_gib: float | None = None  # an explicit KV cache size; null: what gpu_memory_utilization leaves
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
     enforce_eager: bool | None = None  # null: eager on CPU, CUDA graphs on GPU
     max_model_len: int | None = None  # null: the model's max_position_embeddings
@@ -79,6 +82,8 @@ class Engine:
             raise ConfigError(
                 f"generation.engines.vllm.gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})"
             )
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise ConfigError(f"generation.engines.vllm.kv_cache_gib must be > 0 or null (got {self.kv_cache_gib})")
         if self.sync not in SYNCS:
             raise ConfigError(f"generation.engines.vllm.sync={self.sync} is not valid (valid: {', '.join(SYNCS)})")
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -156,6 +161,7 @@ class Engine:
                 skip_tokenizer_init=True,
                 enforce_eager=eager,
                 gpu_memory_utilization=self.gpu_memory_utilization,
+                kv_cache_memory_bytes=None if self.kv_cache_gib is None else int(self.kv_cache_gib * 2**30),
                 max_model_len=self.max_model_len,
                 enable_sleep_mode=self.sleep,
                 **({"distributed_executor_backend": "external_launcher"} if distributed else {}),
