@@ -141,6 +141,9 @@ def test_sampling_follows_the_run_seed_and_reports_progress(toy_dir):
         assert sample(2) != first  # and the answers are sampled, not greedy
         greedy = as_tuples(engine.generate(model, tokenizer, rows, GREEDY))
         assert first != greedy
+        # top-p reaches the engine: a nucleus of one token is greedy decoding at any temperature
+        nucleus = Sampling(temperature=1.0, top_p=1e-6, max_new_tokens=24, batch_size=8)
+        assert as_tuples(engine.generate(model, tokenizer, rows, nucleus)) == greedy
     finally:
         engine.close()
 
@@ -150,13 +153,14 @@ class Audited:
     the same weights at the same moment."""
 
     def __init__(self, engine):
-        self.engine, self.calls = engine, []
+        self.engine, self.calls, self.llms = engine, [], set()
 
     def generate(self, model, tokenizer, rows, sampling, on_batch=None):
         answers = self.engine.generate(model, tokenizer, rows, sampling, on_batch=on_batch)
         expected = HFGenerate().generate(model, tokenizer, rows, sampling)
         weights = torch.cat([p.detach().flatten()[:64] for p in model.parameters() if p.requires_grad]).clone()
         self.calls.append((as_tuples(answers) == as_tuples(expected), weights))
+        self.llms.add(id(self.engine.llm))
         return answers
 
     def check(self, model):
@@ -192,6 +196,7 @@ def test_two_stage_run_samples_from_the_generator_then_the_policy(monkeypatch, t
         "generation.temperature=0",
         *overrides,
     )
+    assert len(audited) == 1 and len(audited[0].llms) == 1  # one engine, started once, for the whole run
     calls = audited[0].calls
     # iteration 0: generator phase (the policy answers), evaluation, policy phase (the generator
     # answers), evaluation; iteration 1: the same without the first evaluation
