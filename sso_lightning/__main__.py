@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from sso_lightning.errors import ConfigError
+from sso_lightning.errors import ConfigError, RunStopped
 from sso_lightning.loggers import multirun_dir
 
 FAILED_MARKER = "FAILED"  # a job directory holding this file ended in an error (its one line inside)
@@ -75,13 +75,14 @@ def hydra_main(cfg: DictConfig) -> None:
         run(cfg, run_dir)
     except Exception as e:
         if multirun_dir() is None:
-            if isinstance(e, ConfigError):
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(2)
+            if isinstance(e, ConfigError | RunStopped):
+                print(f"{chr(10) if isinstance(e, RunStopped) else ''}error: {e}", file=sys.stderr)  # past the bars
+                sys.exit(2 if isinstance(e, ConfigError) else 1)
             raise
         # one failing job does not end the sweep: mark it for the report and go on
-        line = " ".join(f"{type(e).__name__}: {e}".split()) if not isinstance(e, ConfigError) else str(e)
-        logging.getLogger(__name__).error("job failed", exc_info=not isinstance(e, ConfigError))
+        expected = isinstance(e, ConfigError | RunStopped)  # one line says it all
+        line = str(e) if expected else " ".join(f"{type(e).__name__}: {e}".split())
+        logging.getLogger(__name__).error("job failed", exc_info=not expected)
         (run_dir / FAILED_MARKER).write_text(line + "\n")
         print(f"error: {run_dir}: {line}", file=sys.stderr)
         failed_jobs.append(str(run_dir))

@@ -3,3 +3,7 @@
 
 class ConfigError(Exception):
     """Bad configuration or input; printed as one line, exit code 2."""
+
+
+class RunStopped(Exception):
+    """A run that started and had to stop (a non-finite loss, say); printed as one line, exit code 1."""

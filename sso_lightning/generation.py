@@ -8,6 +8,7 @@ reach EOS within ``max_new_tokens`` is marked unfinished.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ class Sampling:
     batch_size: int = 64
 
     def __post_init__(self):
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in (self.temperature, self.top_p)):
+            raise ConfigError(
+                f"generation: temperature and top_p must be finite numbers (got {self.temperature}, {self.top_p})"
+            )
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError(
                 "generation: need temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, batch_size >= 1 "

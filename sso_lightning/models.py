@@ -7,6 +7,7 @@ import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,6 +125,9 @@ class PretrainedPolicy:
                 "pip install -e '.[flash-attn]', or use model.attn_implementation=sdpa"
             )
         path = self.weights()
+        local = path.startswith(("/", "./", "../", "~"))  # a hub id is "name" or "org/name"
+        if local and not Path(path).expanduser().is_dir():
+            raise ConfigError(f"{path_option}={path}: no such directory (a local model directory, or a hub id)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(

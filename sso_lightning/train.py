@@ -7,6 +7,8 @@ multirun jobs do not merge.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from sso_lightning.data.datamodule import SteeredDataModule
 from sso_lightning.data.snapshot import read_snapshot
 from sso_lightning.data.steering import require_chat_template
 from sso_lightning.errors import ConfigError
+from sso_lightning.finite import FiniteSteps, require_finite
 from sso_lightning.loggers import log_run_config
 from sso_lightning.module import SSOModule
 from sso_lightning.pipeline import IterationPipeline
@@ -30,6 +33,7 @@ from sso_lightning.precision import UnchangedWeights
 from sso_lightning.references import make_reference
 from sso_lightning.summary import epoch_table, format_table
 from sso_lightning.terminal import StderrProgressBar, quiet_lightning
+from sso_lightning.validate import check_config
 
 
 def build(node: DictConfig, **kwargs):
@@ -46,13 +50,18 @@ def build(node: DictConfig, **kwargs):
 
 
 def check_fresh(run_dir: Path) -> None:
-    """Never overwrite what an earlier run in the same directory generated or trained."""
+    """Never overwrite what an earlier run in the same directory generated or trained, and find a
+    directory the run cannot write in now, not after its first generation."""
     for existing in [run_dir / "policy", run_dir / "metrics.csv", *sorted((run_dir / "data").glob("epoch_*.jsonl"))]:
         if existing.exists():
             raise ConfigError(f"{existing} already exists; choose a new hydra.run.dir")
+    for directory in (run_dir, run_dir / "data"):
+        if directory.exists() and not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"{directory} is not writable; choose another hydra.run.dir")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
+    check_config(cfg)
     check_fresh(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     objective, scheme = build(cfg.loss), build(cfg.scheme)
@@ -61,6 +70,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     reference = make_reference(cfg.data.reference)
     keys = objective.required_sequences(scheme.phases[0])
     prompts = build(cfg.data.prompts).load()
+    if not prompts.eval:
+        print("note: data.prompts.num_eval=0: eval/quality is not measured in this run", file=sys.stderr)
     principles, judge, generation = build(cfg.principles), build(cfg.judge), build(cfg.generation)
     sampling, engine = generation.sampling(), generation.engine()
     model = build(cfg.model)
@@ -102,6 +113,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     )
     callbacks = [
         UnchangedWeights(),  # first: its precision warning comes before the first generation
+        FiniteSteps(),
         Iterations(scheme, pipeline, offline, regenerate),
         PolicyQuality(prompts.eval, judge, sampling, engine),
         TrainThroughput(),
@@ -137,7 +149,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def export_policy(policy, tokenizer, path: Path) -> None:
-    """No half-written policy: saved into a temp directory, then renamed."""
+    """No half-written policy: saved into a temp directory, then renamed; never a non-finite one."""
+    require_finite(policy, "the trained policy")
 
     def save(directory: Path) -> None:
         policy.save_pretrained(directory)

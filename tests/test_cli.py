@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, TINY, TINY_RUN
+
+from sso_lightning.errors import ConfigError
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -61,6 +65,18 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
         (["data.max_length=1"], ["data.max_length must be >= 2 tokens"]),
         (["scheduler=cosine", "scheduler.warmup_ratio=1.5"], ["scheduler.warmup_ratio must be in [0, 1)"]),
         (["generation.backend=nope"], ["generation.backend=nope", "valid: hf, vllm"]),
+        (["loss.gamma=abc"], ["loss.gamma=abc is not valid: it must be a number"]),
+        (["model.lora.r=two"], ["model.lora.r=two is not valid: it must be an integer"]),
+        (["trainer.max_epochs=-1"], ["trainer.max_epochs=-1 is not valid", "integer >= 1"]),
+        (["trainer.max_epochs=0"], ["trainer.max_epochs=0 is not valid", "integer >= 1"]),
+        (["data.batch_size=0"], ["data.batch_size=0 is not valid", "integer >= 1"]),
+        (["optimizer.lr=-1"], ["optimizer.lr=-1 must be a finite number > 0"]),
+        (["optimizer.lr=abc"], ["optimizer.lr=abc must be a finite number > 0"]),
+        (["seed=abc"], ["seed=abc is not valid: it must be an integer"]),
+        (["generation.temperature=nan"], ["temperature and top_p must be finite numbers"]),
+        (["data.prompts.num_train=0"], ["data.prompts.num_train=0", "at least 1 training prompt"]),
+        (["judge=reward_model"], ["judge.name_or_path must be set", "judge.name_or_path=<value>"]),
+        (["+resume=/some/run"], ["resume is not an option of this program", "loss"]),
         (
             ["generation.backend=vllm", "generation.engines.vllm.sync=nope"],
             ["generation.engines.vllm.sync=nope", "valid: direct, disk"],
@@ -71,7 +87,7 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
         ),
         (
             ["model=hf", "model.name_or_path=/no/such/model"],
-            ["model.name_or_path=/no/such/model", "could not be loaded"],
+            ["model.name_or_path=/no/such/model: no such directory"],
         ),
         (
             ["model=hf", "model.name_or_path=/no/such/model", "model.attn_implementation=flash_attention_2"],
@@ -210,3 +226,29 @@ def test_help_says_what_this_is_and_how_to_use_it(cli):
     assert hydras_own.returncode == 0, hydras_own.stderr[-2000:]
     assert "sweep/wandb" not in result.stdout
     assert help_groups(result.stdout) == [g for g in help_groups(hydras_own.stdout) if not g.startswith("sweep/wandb:")]
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(cache_dir, tmp_path):
+    """The default run directory is timed to the microsecond; both runs finish, each in its own."""
+    env = {**os.environ, "SSO_LIGHTNING_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+    args = [sys.executable, "-m", "sso_lightning", *TINY_RUN, "trainer.max_epochs=1"]
+    args += ["data.prompts.num_train=8", "data.prompts.num_eval=0"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    runs = [subprocess.Popen(args, cwd=tmp_path, env=env, **pipes) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    results = [(run.returncode, *output) for run, output in zip(runs, outputs)]
+    assert all(code == 0 for code, _, _ in results), results[0][2][-2000:]
+    directories = sorted(tmp_path.glob("outputs/*/*"))
+    assert len(directories) == 2 and all((d / "policy" / "config.json").exists() for d in directories)
+    # no held-out prompts: the run says that eval/quality is not measured
+    assert all("eval/quality is not measured" in stderr for _, _, stderr in results)
+
+
+def test_a_run_directory_it_cannot_write_in_stops_before_any_work(monkeypatch, tmp_path):
+    """(As root every directory is writable, so the permission is faked.)"""
+    from sso_lightning import train
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.setattr(train.os, "access", lambda path, mode: Path(path) != tmp_path / "data")
+    with pytest.raises(ConfigError, match=r"/data is not writable; choose another hydra.run.dir"):
+        train.check_fresh(tmp_path)

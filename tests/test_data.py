@@ -354,6 +354,25 @@ def test_read_snapshot_error_names_the_real_line(tmp_path, tok):
     assert f"{path}:2:" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "ids, fragment",
+    [([], "must be a non-empty list of token ids"), ([5, -1], "-1 is not a token id"), ([5, 10**6], "1000000 is not")],
+    ids=["empty", "negative", "beyond-vocabulary"],
+)
+def test_read_snapshot_refuses_token_ids_the_model_cannot_take(tmp_path, tok, ids, fragment):
+    """An empty answer makes every step's loss NaN; an id outside the vocabulary fails in the
+    embedding (a device-side assert on a GPU): both stop at reading, naming the line and field."""
+    good = json.loads(authors_lines(with_raw=True)[0])
+    bad = {**good, "token_ids": {"chosen": ids}}
+    path = write(tmp_path / "s.jsonl", [json.dumps(good), json.dumps(bad)])
+    with pytest.raises(ConfigError) as err:
+        read_snapshot(path, tok, ["x+|y+", "x+|y-"])
+    message = one_line(err)
+    assert f"{path}:2: token_ids.chosen" in message and fragment in message
+    if ids:
+        assert f"(0 to {len(tok) - 1})" in message
+
+
 def test_write_snapshot_atomic_and_never_overwrites(tmp_path, tok):
     path = tmp_path / "run" / "snapshot.jsonl"
     examples = [make_example(tok, "sort 3 1 2"), make_example(tok, "sort 9 8", features=("completeness",), seed=1)]

@@ -122,5 +122,5 @@ def test_toy_model_rejects_generated_principles(cli, tmp_path):
 
 def test_a_missing_principle_model_is_reported_under_its_own_option(tmp_path):
     writer = GeneratedPrinciples(library(), model=str(tmp_path / "no-such-model"))
-    with pytest.raises(ConfigError, match=r"^principles\.model=.*no-such-model: could not be loaded"):
+    with pytest.raises(ConfigError, match=r"^principles\.model=.*no-such-model: no such directory"):
         writer.for_queries(["sort 1 2"])

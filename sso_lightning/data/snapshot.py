@@ -67,7 +67,7 @@ def from_record(record: dict, tokenizer, where: str) -> SteeredExample:
         if not isinstance(record.get(name), str):
             continue
         if name in token_ids:
-            ids = tuple(token_ids[name])
+            ids = checked_ids(token_ids[name], len(tokenizer), f"{where}: token_ids.{name}")
             done = bool(finished.get(name, ids[-1:] == (tokenizer.eos_token_id,)))
         else:
             ids = tuple(tokenizer(record[name], add_special_tokens=False)["input_ids"]) + (tokenizer.eos_token_id,)
@@ -77,6 +77,17 @@ def from_record(record: dict, tokenizer, where: str) -> SteeredExample:
     return SteeredExample(
         prompt=prompt, responses=responses, scores=scores, ref_logps=dict(record.get("ref_logps", {}))
     )
+
+
+def checked_ids(ids, vocab_size: int, where: str) -> tuple[int, ...]:
+    """Stored token ids as the model can take them: a non-empty list of ids in its vocabulary (an
+    empty answer has no token to score, and an id outside the vocabulary fails in the embedding)."""
+    if not isinstance(ids, list) or not ids:
+        raise ConfigError(f"{where} must be a non-empty list of token ids (got {json.dumps(ids)[:40]})")
+    bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: {json.dumps(bad)} is not a token id of this tokenizer (0 to {vocab_size - 1})")
+    return tuple(ids)
 
 
 def read_snapshot(path: Path, tokenizer, keys: Iterable[str]) -> list[SteeredExample]:

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from sso_lightning.data.prompts import PromptSet
+from sso_lightning.errors import ConfigError
 
 DIGITS = tuple(str(d) for d in range(10))
 FILLER_WORDS = ("well", "ok", "so", "hmm", "the", "answer", "is", "here", "now")
@@ -69,6 +70,13 @@ class ToyPrompts:
     min_digits: int = 4
     max_digits: int = 7
     seed: int = 1234
+
+    def __post_init__(self):
+        if self.num_train < 1 or self.num_eval < 0:
+            raise ConfigError(
+                f"data.prompts.num_train={self.num_train}, num_eval={self.num_eval}: "
+                "need at least 1 training prompt and num_eval >= 0"
+            )
 
     def load(self) -> PromptSet:
         rng = random.Random(self.seed)

@@ -1,0 +1,59 @@
+"""Stopping a run at the first non-finite loss or gradient, before the step's update.
+
+With a learning rate far too high, or a degenerate batch, the loss turns NaN; from then on every
+step is NaN, the weights become NaN, and the failure would show only at the next generation
+("probability tensor contains inf/nan"), or not at all in an exported policy. ``FiniteSteps``
+checks, before every optimizer step, the loss terms the step logged and every gradient; both are
+the same on every rank under DDP (the terms are logged with ``sync_dist``, the gradients
+all-reduced), so all ranks stop together. ``require_finite`` keeps a non-finite policy from
+being exported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from sso_lightning.errors import RunStopped
+
+LOGGED_PREFIXES = ("train/", "generator/")
+
+
+def nonfinite_terms(metrics: dict) -> dict[str, float]:
+    """The step's logged loss terms that are NaN or infinite."""
+    values = {name: float(v) for name, v in metrics.items() if name.startswith(LOGGED_PREFIXES)}
+    return {name: v for name, v in values.items() if not math.isfinite(v)}
+
+
+def nonfinite_gradients(module) -> list[str]:
+    named = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(g).all() for _, g in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok]
+
+
+class FiniteSteps(L.Callback):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        terms = nonfinite_terms(trainer.callback_metrics)
+        gradients = nonfinite_gradients(pl_module)
+        if not terms and not gradients:
+            return
+        found = [f"non-finite loss terms {', '.join(f'{n}={v}' for n, v in terms.items())}"] if terms else []
+        if gradients:
+            total = sum(1 for p in pl_module.parameters() if p.grad is not None)
+            found.append(f"non-finite gradients in {len(gradients)} of {total} tensors (first: {gradients[0]})")
+        raise RunStopped(
+            f"optimizer step {trainer.global_step + 1} (iteration {pl_module.iteration}): {'; '.join(found)}; "
+            "the run stopped before this update and exported nothing (lower optimizer.lr, or check the data)"
+        )
+
+
+def require_finite(model, what: str) -> None:
+    """Refuse to save weights that hold NaN or infinity."""
+    tensors = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    bad = [n for n, t in tensors if not torch.isfinite(t).all()]
+    if bad:
+        raise RunStopped(f"{what} has non-finite weights in {len(bad)} of {len(tensors)} tensors ({bad[0]}, ...)")
