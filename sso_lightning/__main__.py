@@ -75,9 +75,12 @@ def hydra_main(cfg: DictConfig) -> None:
         run(cfg, run_dir)
     except Exception as e:
         if multirun_dir() is None:
-            if isinstance(e, ConfigError | RunStopped):
-                print(f"{chr(10) if isinstance(e, RunStopped) else ''}error: {e}", file=sys.stderr)  # past the bars
-                sys.exit(2 if isinstance(e, ConfigError) else 1)
+            if isinstance(e, ConfigError):
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            if isinstance(e, RunStopped):
+                print(f"\nerror: {e}", file=sys.stderr)  # on a line of its own, after the progress bars
+                sys.exit(1)
             raise
         # one failing job does not end the sweep: mark it for the report and go on
         expected = isinstance(e, ConfigError | RunStopped)  # one line says it all

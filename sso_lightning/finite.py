@@ -11,8 +11,6 @@ being exported.
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 
@@ -21,29 +19,25 @@ from sso_lightning.errors import RunStopped
 LOGGED_PREFIXES = ("train/", "generator/")
 
 
-def nonfinite_terms(metrics: dict) -> dict[str, float]:
-    """The step's logged loss terms that are NaN or infinite."""
-    values = {name: float(v) for name, v in metrics.items() if name.startswith(LOGGED_PREFIXES)}
-    return {name: v for name, v in values.items() if not math.isfinite(v)}
-
-
-def nonfinite_gradients(module) -> list[str]:
-    named = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
-    if not named:
-        return []
-    finite = torch.stack([torch.isfinite(g).all() for _, g in named]).tolist()
-    return [name for (name, _), ok in zip(named, finite) if not ok]
+def nonfinite(metrics: dict, module) -> tuple[dict[str, float], list[str], int]:
+    """The step's logged loss terms that are NaN or infinite, the names of the gradients that hold
+    such a value, and the number of gradients; one read from the device for all of them."""
+    terms = {name: torch.as_tensor(v) for name, v in metrics.items() if name.startswith(LOGGED_PREFIXES)}
+    grads = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+    device = next(iter(grads.values())).device if grads else "cpu"
+    checks = [torch.isfinite(t).all().to(device) for t in (*terms.values(), *grads.values())]
+    finite = torch.stack(checks).tolist() if checks else []
+    bad = [name for name, ok in zip((*terms, *grads), finite) if not ok]
+    return {n: float(terms[n]) for n in bad if n in terms}, [n for n in bad if n in grads], len(grads)
 
 
 class FiniteSteps(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        terms = nonfinite_terms(trainer.callback_metrics)
-        gradients = nonfinite_gradients(pl_module)
+        terms, gradients, total = nonfinite(trainer.callback_metrics, pl_module)
         if not terms and not gradients:
             return
         found = [f"non-finite loss terms {', '.join(f'{n}={v}' for n, v in terms.items())}"] if terms else []
         if gradients:
-            total = sum(1 for p in pl_module.parameters() if p.grad is not None)
             found.append(f"non-finite gradients in {len(gradients)} of {total} tensors (first: {gradients[0]})")
         raise RunStopped(
             f"optimizer step {trainer.global_step + 1} (iteration {pl_module.iteration}): {'; '.join(found)}; "

@@ -17,7 +17,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from sso_lightning.data.prompts import PromptSet
+from sso_lightning.data.prompts import PromptSet, check_sizes
 from sso_lightning.errors import ConfigError
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -72,11 +72,9 @@ class ToyPrompts:
     seed: int = 1234
 
     def __post_init__(self):
-        if self.num_train < 1 or self.num_eval < 0:
-            raise ConfigError(
-                f"data.prompts.num_train={self.num_train}, num_eval={self.num_eval}: "
-                "need at least 1 training prompt and num_eval >= 0"
-            )
+        if self.num_train < 1:
+            raise ConfigError(f"data.prompts.num_train={self.num_train}: need at least 1 training prompt")
+        check_sizes(self.num_eval, limit=None)
 
     def load(self) -> PromptSet:
         rng = random.Random(self.seed)
