@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sso_lightning.errors import ConfigError, RunStopped
 from sso_lightning.loggers import multirun_dir
+from sso_lightning.overrides import check_key_overrides
 
 FAILED_MARKER = "FAILED"  # a job directory holding this file ended in an error (its one line inside)
 failed_jobs: list[str] = []  # this process's failed multirun jobs, reported when the sweep ends
@@ -94,6 +95,7 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     try:
         check_group_overrides(sys.argv[1:])
+        check_key_overrides(sys.argv[1:], CONFIG_DIR)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

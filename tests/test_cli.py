@@ -77,6 +77,11 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
         (["data.prompts.num_train=0"], ["data.prompts.num_train=0", "at least 1 training prompt"]),
         (["judge=reward_model"], ["judge.name_or_path must be set", "judge.name_or_path=<value>"]),
         (["+resume=/some/run"], ["resume is not an option of this program", "loss"]),
+        (["loss.gama=0.1"], ["loss.gama is not an option of loss (did you mean loss.gamma?)"]),
+        (["loss.base.bta=0.1"], ["loss.base.bta is not an option of loss.base (did you mean loss.base.beta?)"]),
+        (["loss.bse.beta=0.1"], ["loss.bse is not an option of loss (did you mean loss.base?)"]),
+        (["sedd=1"], ["sedd is not an option of this program (did you mean seed?)"]),
+        (["loss.zzz=1"], ["loss.zzz is not an option of loss (options: alpha, base,", "+loss.zzz=<value> adds it"]),
         (
             ["generation.backend=vllm", "generation.engines.vllm.sync=nope"],
             ["generation.engines.vllm.sync=nope", "valid: direct, disk"],
@@ -102,6 +107,47 @@ def test_bad_options_stop_with_one_line(cli, tmp_path, overrides, fragments):
     result = cli(*base, *overrides, f"hydra.run.dir={run_dir}")
     assert_one_line_error(result, *fragments)
     assert not (run_dir / "data").exists() and not (run_dir / "policy").exists()
+
+
+def test_a_mistyped_key_in_a_sweep_stops_before_the_sweep_writes_anything(cli, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    for sweep in (["loss.gama=0.1,0.2"], ["seed=0,1", "loss.gama=0.1"], ["+sweep=gamma", "loss.base.bta=0.2"]):
+        result = cli("-m", *TINY, *sweep, f"hydra.sweep.dir={sweep_dir}")
+        assert_one_line_error(result, "is not an option of loss", "(did you mean loss.")
+        assert not sweep_dir.exists()
+    # a key that only one group choice lacks: scheduler=none has no warmup_ratio
+    result = cli("-m", *TINY, "scheduler=cosine,none", "scheduler.warmup_ratio=0.2", f"hydra.sweep.dir={sweep_dir}")
+    assert_one_line_error(result, "scheduler.warmup_ratio is not an option of scheduler (scheduler has no options")
+    assert not sweep_dir.exists()
+
+
+def test_hydras_own_options_still_work_beside_the_key_check(cli):
+    appended = cli("+loss.gama=0.1", "--cfg", "job")  # + adds a key on purpose
+    assert appended.returncode == 0, appended.stderr[-2000:]
+    assert yaml.safe_load(appended.stdout)["loss"]["gama"] == 0.1
+    shown = cli("--cfg", "job", "loss.gama=0.1")
+    assert_one_line_error(shown, "loss.gama is not an option of loss")
+    assert_one_line_error(cli("--help", "loss.gama=0.1"), "loss.gama is not an option of loss")
+    unswept = cli("loss.gamma=0.1,0.2")  # a sweep without -m: Hydra's own advice to add --multirun
+    assert unswept.returncode != 0 and "--multirun" in unswept.stderr
+
+
+def test_a_sweep_configs_own_mistyped_parameter_is_found(tmp_path):
+    """hydra.sweeper.params of a sweep file are checked as its jobs will compose them."""
+    import shutil
+
+    from sso_lightning.__main__ import CONFIG_DIR
+    from sso_lightning.overrides import check_key_overrides
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, conf)
+    (conf / "sweep" / "typo.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      loss.gamma: 0,0.1\n      loss.alfa: 0.5\n"
+    )
+    check_key_overrides(["-m", "+sweep=gamma"], str(conf))  # the shipped sweep is fine
+    with pytest.raises(ConfigError, match=r"^loss.alfa is not an option of loss \(did you mean loss.alpha\?\)$"):
+        check_key_overrides(["-m", "+sweep=typo"], str(conf))
+    check_key_overrides(["+sweep=typo"], str(conf))  # without -m the params are not swept
 
 
 def test_bad_prompt_files_stop_with_one_line(cli, tmp_path):
