@@ -207,13 +207,56 @@ def test_offline_file_missing_what_the_loss_needs(cli, tmp_path):
     assert not (tmp_path / "run" / "data").exists()
 
 
+def files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def test_existing_run_directory_is_never_overwritten(cli, tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "data").mkdir(parents=True)
     (run_dir / "data" / "epoch_0.jsonl").write_text("precious\n")
     result = cli(*TINY, f"hydra.run.dir={run_dir}")
     assert_one_line_error(result, "epoch_0.jsonl", "already exists")
-    assert (run_dir / "data" / "epoch_0.jsonl").read_text() == "precious\n"
+    assert files(run_dir) == {"data/epoch_0.jsonl": b"precious\n"}
+
+
+def test_a_rerun_into_a_finished_run_touches_nothing_in_it(cli, tmp_path):
+    """Hydra writes .hydra/ and the log before the run starts; the refusal comes before that."""
+    finished = tmp_path / "finished"
+    for name in (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "__main__.log", "metrics.csv"):
+        (finished / name).parent.mkdir(parents=True, exist_ok=True)
+        (finished / name).write_text(f"the earlier run's {name}\n")
+    (finished / "policy").mkdir()
+    (finished / "policy" / "config.json").write_text("{}\n")
+    early = tmp_path / "early"  # a run stopped before it wrote anything of its own
+    (early / ".hydra").mkdir(parents=True)
+    (early / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    for run_dir in (finished, early):
+        before = files(run_dir)
+        result = cli(*TINY, "seed=1", f"hydra.run.dir={run_dir}")
+        assert_one_line_error(
+            result, f"{run_dir / '.hydra' / 'config.yaml'} already exists", "choose a new hydra.run.dir"
+        )
+        assert files(run_dir) == before
+    # a sweep into a directory that holds an earlier sweep's jobs, or its multirun.yaml
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    result = cli("-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}")
+    assert_one_line_error(result, f"{sweep / '0' / '.hydra' / 'config.yaml'} already exists", "hydra.sweep.dir")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    before = files(sweep)
+    result = cli("-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}")
+    assert_one_line_error(result, f"{sweep / 'multirun.yaml'} already exists", "choose a new hydra.sweep.dir")
+    assert files(sweep) == before
+
+
+def test_a_new_empty_run_directory_is_fine(cli, tmp_path):
+    run_dir = tmp_path / "mine"
+    run_dir.mkdir()
+    result = cli(*TINY, "trainer.max_epochs=0", f"hydra.run.dir={run_dir}")  # stops at its own check, later
+    assert_one_line_error(result, "trainer.max_epochs=0 is not valid")
+    assert (run_dir / ".hydra" / "config.yaml").exists()
 
 
 def test_configs_ship_inside_a_non_editable_install(tmp_path):
