@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from sso_lightning.atomic import write_atomic
 from sso_lightning.loggers import sweep_group, wandb_online
+from sso_lightning.summary import nan_cells, read_epoch_table
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -48,8 +49,10 @@ class Job:
     overrides: tuple[str, ...]
     variant: str | None
     project: str | None
-    epochs: pd.DataFrame | None  # the job's epochs.csv; None unless the job finished
-    problem: str | None  # the FAILED line, or "unfinished"; None when finished
+    epochs: (
+        pd.DataFrame | None
+    )  # the job's epochs.csv; None unless the job finished without a NaN in the report's metrics
+    problem: str | None  # the FAILED line, "unfinished", or the NaN metric; None when finished
 
 
 # (a) collecting runs
@@ -80,7 +83,10 @@ def read_job(path: Path) -> Job:
         problem = "unfinished"
     else:
         problem = None
-    epochs = pd.read_csv(path / "epochs.csv", index_col="epoch") if problem is None else None
+    epochs = read_epoch_table(path / "epochs.csv") if problem is None else None
+    nan = [(m, e) for m, e in nan_cells(epochs) if m in (*FINAL_METRICS, *EPOCH_METRICS)] if epochs is not None else []
+    if nan:  # a mean over seeds would skip it silently: the job is left out, and said why
+        problem, epochs = f"{nan[0][0]} is NaN in epoch {nan[0][1]} (left out of the tables)", None
     return Job(
         int(path.name),
         tuple(map(str, overrides)),

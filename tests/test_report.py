@@ -332,3 +332,64 @@ def test_report_names_no_absolute_path(tmp_path, monkeypatch):
         assert absolute not in text and absolute not in verdict
     assert "# SSO ablation report: 2026-01-01/12-00-00" in text
     assert "job `1/` (loss=pbaa seed=1): FileNotFoundError: ./1/checkpoints/last.ckpt" in text
+
+
+METRICS_WITH_A_NAN = """epoch,step,train/loss,data/kept_fraction,eval/quality
+0,0,,0.9,
+0,,,,0.6
+0,0,0.8,,
+0,1,nan,,
+0,2,0.6,,
+1,3,0.5,,
+1,3,,0.8,
+1,4,0.7,,
+1,,,,0.65
+2,,,,nan
+"""
+
+
+def test_the_epoch_table_shows_a_logged_nan_instead_of_averaging_over_it(tmp_path):
+    """An empty cell is a metric not logged on that row; `nan` is a logged value: its epoch's
+    mean is nan, in the table, the printed table and epochs.csv, not the mean of the rest."""
+    from sso_lightning.summary import format_table, nan_cells, read_epoch_table
+
+    (tmp_path / "metrics.csv").write_text(METRICS_WITH_A_NAN)
+    table = epoch_table(tmp_path / "metrics.csv")
+    assert table.loc[0, "train/loss"] == "nan" and table.loc[1, "train/loss"] == pytest.approx(0.6)
+    assert table.loc[2, "eval/quality"] == "nan" and table.loc[1, "eval/quality"] == pytest.approx(0.65)
+    assert table["data/kept_fraction"].tolist()[:2] == [0.9, 0.8] and math.isnan(table.loc[2, "data/kept_fraction"])
+    assert math.isnan(table.loc[2, "train/loss"])  # not logged in epoch 2: no value, not nan
+    assert nan_cells(table) == [("train/loss", 0), ("eval/quality", 2)]
+    printed = format_table(table).splitlines()
+    assert printed[2].split() == ["0", "0.600", "0.900", "nan"]  # eval/quality, kept_fraction, train/loss
+    assert printed[4].split() == ["2", "nan", "-", "-"]
+    table.to_csv(tmp_path / "epochs.csv")
+    assert (tmp_path / "epochs.csv").read_text().splitlines()[1:] == ["0,nan,0.9,0.6", "1,0.6,0.8,0.65", "2,,,nan"]
+    assert nan_cells(read_epoch_table(tmp_path / "epochs.csv")) == nan_cells(table)
+
+
+def test_a_job_with_a_nan_metric_is_left_out_of_the_means_and_named(tmp_path):
+    sweep = sweep_dir(
+        tmp_path,
+        [
+            (["loss=sso", "seed=1"], 0.70, 0.90, 0.10, {}),
+            (["loss=sso", "seed=2"], 0.74, 0.94, 0.16, {}),
+            (["loss=pbaa", "seed=1"], 0.60, 0.80, 0.20, {}),
+        ],
+    )
+    epochs = sweep / "1" / "epochs.csv"
+    lines = epochs.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[-1].split(",")  # the final policy's row: eval/quality alone
+    row[header.index("eval/quality")] = "nan"
+    epochs.write_text("\n".join([*lines[:-1], ",".join(row)]) + "\n")
+    jobs = report.collect_jobs(sweep)
+    assert jobs[1].epochs is None and jobs[1].problem == "eval/quality is NaN in epoch 2 (left out of the tables)"
+    stats = report.summary_table(report.run_table(jobs, report.labels(jobs)))
+    assert stats.loc["loss=sso", ("eval/quality", "mean")] == pytest.approx(0.70)  # seed 1 alone, not a skipped NaN
+    assert stats.loc["loss=sso", ("n seeds", "")] == 1
+    assert report.main([str(sweep)]) == 0
+    assert (
+        "job `1/` (loss=sso seed=2): eval/quality is NaN in epoch 2 (left out of the tables)"
+        in (sweep / "report.md").read_text().split("## Missing jobs")[1]
+    )
