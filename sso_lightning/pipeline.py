@@ -68,6 +68,7 @@ class IterationPipeline:
     max_length: int | None = None  # data.max_length: rows are scored as training cuts them
     packing: bool = False  # model.packing, resolved: rows are scored as training runs them
     engine: Engine = field(default_factory=HFGenerate)  # generation.backend: what samples the answers
+    prompt_metrics: Mapping[str, float] = field(default_factory=dict)  # data/prompts_cut, ...: logged every iteration
     ranks: Ranks = field(default_factory=Ranks)
     progress: Callable = no_progress
 
@@ -130,6 +131,7 @@ class IterationPipeline:
             "data/unfinished_fraction": 1 - total["finished"] / total["responses"],
             **{f"data/dropped_{reason}": float(total[reason]) for reason in DROP_REASONS},
             **(self.principles.metrics() if hasattr(self.principles, "metrics") else {}),
+            **self.prompt_metrics,
         }
         return kept, metrics
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from sso_lightning.atomic import publish_dir
 from sso_lightning.callbacks import Iterations, PolicyQuality, TrainThroughput
 from sso_lightning.data.datamodule import SteeredDataModule
+from sso_lightning.data.prompts import fit_prompts
 from sso_lightning.data.snapshot import read_snapshot
 from sso_lightning.data.steering import require_chat_template
 from sso_lightning.errors import ConfigError
@@ -77,6 +78,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     model = build(cfg.model)
     policy, tokenizer = model.load()
     require_chat_template(tokenizer)  # fail before the trainer starts
+    prompts = fit_prompts(prompts, tokenizer, cfg.data.get("max_prompt_length"), cfg.data.get("long_prompts", "refuse"))
     engine.check(policy)
     max_length = cfg.data.get("max_length")  # training and scoring cut rows alike
     offline = read_snapshot(Path(cfg.data.offline), tokenizer, keys) if cfg.data.offline else None
@@ -110,6 +112,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         max_length=max_length,
         packing=model.packs(policy),
         engine=engine,
+        prompt_metrics=prompts.metrics,
     )
     callbacks = [
         UnchangedWeights(),  # first: its precision warning comes before the first generation

@@ -15,6 +15,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from sso_lightning.__main__ import CONFIG_DIR
+from sso_lightning.data.prompts import check_prompt_limit
 from sso_lightning.errors import ConfigError
 
 PLAIN_TYPES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
@@ -33,6 +34,7 @@ def check_config(cfg: DictConfig) -> None:
     need(cfg.seed, int, "seed", "an integer")
     need(cfg.trainer.max_epochs, int, "trainer.max_epochs", "an integer >= 1 (one epoch = one SSO iteration)", low=1)
     need(cfg.data.batch_size, int, "data.batch_size", "an integer >= 1", low=1)
+    check_prompt_limit(cfg.data.get("max_prompt_length"), cfg.data.get("long_prompts", "refuse"))
     lr = cfg.optimizer.lr
     if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"optimizer.lr={lr} must be a finite number > 0")

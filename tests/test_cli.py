@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -75,6 +76,8 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
         (["seed=abc"], ["seed=abc is not valid: it must be an integer"]),
         (["generation.temperature=nan"], ["temperature and top_p must be finite numbers"]),
         (["data.prompts.num_train=0"], ["data.prompts.num_train=0", "at least 1 training prompt"]),
+        (["data.max_prompt_length=0"], ["data.max_prompt_length=0 is not valid", "integer >= 1", "null (no limit)"]),
+        (["data.long_prompts=trim"], ["data.long_prompts=trim is not valid (valid: refuse, cut, skip)"]),
         (["judge=reward_model"], ["judge.name_or_path must be set", "judge.name_or_path=<value>"]),
         (["+resume=/some/run"], ["resume is not an option of this program", "loss"]),
         (["loss.gama=0.1"], ["loss.gama is not an option of loss (did you mean loss.gamma?)"]),
@@ -186,6 +189,36 @@ def test_prompt_file_with_configured_field_trains(cli, tmp_path):
     assert {json.loads(r)["instruction"] for r in records} <= {
         json.loads(p)["question"] for p in prompts.read_text().splitlines()[:32]
     }
+
+
+def test_a_long_prompt_is_refused_in_one_line_or_cut_and_counted(cli, tmp_path):
+    """Line 5 (training) and line 40 (held out) are longer than data.max_prompt_length=40."""
+    queries = [f"sort {i % 10} 3 1 {9 - i % 10}" for i in range(40)]
+    queries[4] = "sort " + " ".join(str(i % 10) for i in range(5000))
+    queries[39] = "sort " + " ".join(str(i % 10) for i in range(60))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in queries))
+    args = [*TINY_RUN, "trainer.max_epochs=1", "data=jsonl", f"data.prompts.path={prompts}", "data.prompts.num_eval=8"]
+    refused = cli(*args, "data.max_prompt_length=40", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert_one_line_error(
+        refused,
+        f"{prompts}:5: a prompt of 5004 tokens, longer than data.max_prompt_length=40 (2 of 40 prompts are); "
+        "set data.long_prompts=cut or skip, or raise data.max_prompt_length",
+    )
+    assert not (tmp_path / "refused" / "data").exists()
+
+    run_dir = tmp_path / "cut"
+    result = cli(*args, "data.max_prompt_length=40", "data.long_prompts=cut", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    notes = [line for line in result.stderr.splitlines() if "data.max_prompt_length" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: 2 of 40 prompts (1 training, 1 held-out) are longer than")
+    with (run_dir / "metrics.csv").open() as f:
+        cut = [row["data/prompts_cut"] for row in csv.DictReader(f) if row["data/prompts_cut"]]
+    assert cut == ["2.0"]  # logged with the iteration's data metrics
+    trained = {json.loads(r)["instruction"] for r in (run_dir / "data" / "epoch_0.jsonl").read_text().splitlines()}
+    assert queries[4] not in trained and all(len(q.split()) <= 40 - 3 for q in trained)  # 3: the template's tokens
+    cut_query = [q for q in trained if q.startswith("sort 0 1 2 3 4 5 6 7 8 9")]  # unless its example was degenerate
+    assert all(queries[4].startswith(q) and len(q.split()) == 40 - 3 for q in cut_query)
 
 
 def test_offline_file_missing_what_the_loss_needs(cli, tmp_path):

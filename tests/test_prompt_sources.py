@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from sso_lightning.__main__ import CONFIG_DIR
-from sso_lightning.data.prompts import HFPrompts, JsonlPrompts, PromptFile, PromptSet
+from sso_lightning.data.prompts import HFPrompts, JsonlPrompts, PromptFile, PromptSet, fit_prompts
 from sso_lightning.errors import ConfigError
+from sso_lightning.toy.tokenizer import build_toy_tokenizer
 
 QUERIES = [f"prompt {i}" for i in range(10)]
 
@@ -294,6 +295,7 @@ def test_every_data_config_composes(name):
     assert cfg.data.batch_size == 16 and cfg.data.reference == "iteration" and cfg.data.offline is None
     assert "_target_" in cfg.data.prompts
     assert not [k for k in cfg.data.prompts if cfg.data.prompts._get_node(k)._is_missing()]
+    assert cfg.data.max_prompt_length == (1024 if name == "toy" else 2048) and cfg.data.long_prompts == "refuse"
 
 
 def test_file_and_hf_configs_build_sources(tmp_path, saved_dict):
@@ -322,3 +324,113 @@ def test_file_and_hf_configs_build_sources(tmp_path, saved_dict):
     assert len(hf.train) == 8 and set(hf.train) <= {f"train {i}" for i in range(20)}
     assert len(hf.eval) == 2 and set(hf.eval) <= {f"test {i}" for i in range(5)}
     assert build(hf_cfg.data.prompts).load() == hf
+
+
+# ---------------------------------------------------------------------------------------------
+# length: data.max_prompt_length, data.long_prompts
+# ---------------------------------------------------------------------------------------------
+
+LIMIT = 30  # tokens; the toy template adds 3 to a query: <|user|> ... <|end|> <|assistant|>
+
+
+def x_length(tokenizer, query: str) -> int:
+    """Tokens of the plain prompt x, rendered here without the package's helpers."""
+    messages = [{"role": "user", "content": query}]
+    return len(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+    )
+
+
+@pytest.fixture
+def long_file(tmp_path):
+    """Ten prompts, the last two held out; line 4 (training) and line 10 (held out) are too long."""
+    queries = [f"sort {i} 3 1" for i in range(10)]
+    queries[3] = "sort " + " ".join(str(i % 10) for i in range(60))
+    queries[9] = "sort " + " ".join(str(i % 7) for i in range(40))
+    path = write_file(tmp_path / "long.jsonl", [{"prompt": q} for q in queries])
+    tokenizer = build_toy_tokenizer(["sort", *map(str, range(10))])
+    return JsonlPrompts(path=str(path), num_eval=2).load(), queries, tokenizer, path
+
+
+def test_a_long_prompt_is_refused_with_its_line_and_the_count(long_file):
+    prompts, queries, tokenizer, path = long_file
+    with pytest.raises(ConfigError) as err:
+        fit_prompts(prompts, tokenizer, LIMIT, "refuse")
+    assert one_line(err) == (
+        f"{path}:4: a prompt of {x_length(tokenizer, queries[3])} tokens, longer than data.max_prompt_length={LIMIT} "
+        "(2 of 10 prompts are); set data.long_prompts=cut or skip, or raise data.max_prompt_length"
+    )
+    assert fit_prompts(prompts, tokenizer, None, "refuse") == prompts  # null: no limit
+    assert fit_prompts(prompts, tokenizer, 70, "refuse") == prompts
+
+
+def test_long_prompts_are_cut_to_fit(long_file, capsys):
+    prompts, queries, tokenizer, path = long_file
+    fitted = fit_prompts(prompts, tokenizer, LIMIT, "cut")
+    assert fitted.train[:3] == queries[:3] and fitted.train[4:] == queries[4:8] and fitted.eval[0] == queries[8]
+    for cut, query in ((fitted.train[3], queries[3]), (fitted.eval[1], queries[9])):
+        words = query.split()
+        n = len(cut.split())
+        assert words[:n] == cut.split() and x_length(tokenizer, cut) <= LIMIT
+        assert x_length(tokenizer, " ".join(words[: n + 1])) > LIMIT  # the longest start that fits
+    assert fitted.metrics == {"data/prompts_cut": 2.0}
+    assert fitted.where("train", 3) == f"{path}:4"
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: 2 of 10 prompts (1 training, 1 held-out) are longer than ")
+    assert f"were cut (data.long_prompts=cut; first: {path}:4: a prompt of" in notes[0]
+
+
+def test_long_prompts_are_skipped(long_file, capsys):
+    prompts, queries, tokenizer, path = long_file
+    fitted = fit_prompts(prompts, tokenizer, LIMIT, "skip")
+    assert fitted.train == queries[:3] + queries[4:8] and fitted.eval == [queries[8]]
+    assert fitted.metrics == {"data/prompts_skipped": 2.0}
+    assert fitted.where("train", 3) == f"{path}:5" and fitted.where("eval", 0) == f"{path}:9"
+    assert "were skipped (data.long_prompts=skip" in capsys.readouterr().err
+    # nothing too long: the count is 0, nothing is said
+    assert fit_prompts(prompts, tokenizer, 70, "skip").metrics == {"data/prompts_skipped": 0.0}
+    assert capsys.readouterr().err == ""
+
+
+def test_skipping_every_training_prompt_or_a_limit_below_the_template_is_one_line(long_file):
+    prompts, _, tokenizer, _ = long_file
+    with pytest.raises(ConfigError) as err:
+        fit_prompts(prompts, tokenizer, 6, "skip")
+    assert one_line(err).startswith("all 8 training prompts are longer than data.max_prompt_length=6 (first: ")
+    with pytest.raises(ConfigError) as err:
+        fit_prompts(prompts, tokenizer, 3, "cut")
+    assert one_line(err) == (
+        "data.max_prompt_length=3 leaves no room for a query: the chat template alone takes 3 tokens of it; "
+        "raise data.max_prompt_length"
+    )
+
+
+def test_a_cut_prompt_fits_under_a_subword_tokenizer():
+    """A byte-level BPE splits words into pieces: the cut is made in tokens and checked as rendered."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    corpus = ["the quick brown fox jumps over the lazy dog", "sorting numbers is fun", "<|user|> <|end|>"] * 20
+    core.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core)
+    tokenizer.chat_template = build_toy_tokenizer(["x"]).chat_template
+    query = "unfamiliar-words: " + "zebra quokka! " * 50
+    prompts = PromptSet(["the fox", query], [], source="data.prompts")
+    fitted = fit_prompts(prompts, tokenizer, 60, "cut")
+    assert fitted.train[0] == "the fox" and query.startswith(fitted.train[1]) and len(fitted.train[1]) > 10
+    assert x_length(tokenizer, fitted.train[1]) <= 60 < x_length(tokenizer, query)
+    with pytest.raises(ConfigError, match=r"^data.prompts: training prompt 2: a prompt of \d+ tokens, longer than "):
+        fit_prompts(prompts, tokenizer, 60, "refuse")
+
+
+def test_hf_prompts_name_their_row(saved_dict):
+    prompts = HFPrompts(name=str(saved_dict), split="train_prefs", eval_split="test_prefs", num_eval=3, limit=8).load()
+    assert prompts.where("train", 2) == f"data.prompts.name={saved_dict} split train_prefs row 2"
+    assert prompts.where("eval", 1) == f"data.prompts.name={saved_dict} split test_prefs row 1"

@@ -16,26 +16,43 @@ Selection (all sources): the records are optionally shuffled with ``seed`` (``sh
 the first ``limit``, and the last ``num_eval`` of those are held out for ``eval/quality``. HFPrompts
 can instead hold out ``num_eval`` records of another split (``eval_split``); ``limit`` then counts
 training queries only.
+
+Length (all sources, ``fit_prompts``): once the tokenizer is loaded, every query, training and
+held-out, is rendered as the plain prompt x; one longer than ``data.max_prompt_length`` tokens is
+refused, cut or skipped as ``data.long_prompts`` says.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sso_lightning.errors import ConfigError
 
 FILE_FORMATS = (".jsonl", ".json", ".parquet")
+LONG_PROMPTS = ("refuse", "cut", "skip")  # data.long_prompts: what a prompt over data.max_prompt_length does
 
 
 @dataclass(frozen=True)
 class PromptSet:
     train: list[str]
     eval: list[str]
+    source: str = field(default="data.prompts", compare=False)  # names the source in messages
+    train_where: list[str] | None = field(default=None, compare=False)  # each query's record (file:line, ...)
+    eval_where: list[str] | None = field(default=None, compare=False)
+    metrics: dict[str, float] = field(default_factory=dict, compare=False)  # data/* counts of fit_prompts
+
+    def where(self, split: str, index: int) -> str:
+        """Where query ``index`` of ``split`` ("train" or "eval") comes from."""
+        named = self.train_where if split == "train" else self.eval_where
+        if named is not None:
+            return named[index]
+        return f"{self.source}: {'training' if split == 'train' else 'held-out'} prompt {index + 1}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,15 +117,17 @@ def choose(n: int, limit: int | None, seed: int, shuffle: bool) -> list[int]:
     return order if limit is None else order[:limit]
 
 
-def hold_out(queries: list[str], num_eval: int, source: str) -> PromptSet:
-    """The last ``num_eval`` queries are the eval set; at least one query must remain to train on."""
+def hold_out(queries: list[str], num_eval: int, source: str, where: list[str] | None = None) -> PromptSet:
+    """The last ``num_eval`` queries are the eval set; at least one query must remain to train on.
+    ``where`` names each query's record."""
     if len(queries) <= num_eval:
         raise ConfigError(
             f"{source}: {len(queries)} prompts, but data.prompts.num_eval={num_eval} are held out; "
             "add prompts or lower num_eval"
         )
     split = len(queries) - num_eval
-    return PromptSet(train=queries[:split], eval=queries[split:])
+    train_where, eval_where = (where[:split], where[split:]) if where is not None else (None, None)
+    return PromptSet(queries[:split], queries[split:], source, train_where, eval_where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +237,7 @@ class PromptFile:
         records = self.records()
         chosen = choose(len(records), self.limit, self.seed, self.shuffle)
         queries = [record_query(records[i][1], self.field, records[i][0]) for i in chosen]
-        return hold_out(queries, self.num_eval, str(self.path))
+        return hold_out(queries, self.num_eval, str(self.path), [records[i][0] for i in chosen])
 
 
 @dataclass
@@ -268,14 +287,17 @@ class HFPrompts:
 
     def load(self) -> PromptSet:
         check_sizes(self.num_eval, self.limit)
-        train = self.queries(self.split, self.limit)
+        train, train_where = self.queries(self.split, self.limit)
+        source = f"data.prompts.name={self.name}"
         if self.eval_split is None:
-            return hold_out(train, self.num_eval, f"data.prompts.name={self.name} split {self.split}")
+            return hold_out(train, self.num_eval, f"{source} split {self.split}", train_where)
         if not train:
             raise ConfigError(f"data.prompts.name={self.name}: split '{self.split}' has no records")
-        return PromptSet(train=train, eval=self.queries(self.eval_split, self.num_eval, option="eval_split"))
+        held_out, eval_where = self.queries(self.eval_split, self.num_eval, option="eval_split")
+        return PromptSet(train, held_out, source, train_where, eval_where)
 
-    def queries(self, split: str, limit: int | None, option: str = "split") -> list[str]:
+    def queries(self, split: str, limit: int | None, option: str = "split") -> tuple[list[str], list[str]]:
+        """The queries of ``split`` and where each comes from (its row)."""
         dataset = self.dataset(split, option)
         where = f"data.prompts.name={self.name} split {split}"
         columns = list(dataset.column_names)
@@ -286,7 +308,8 @@ class HFPrompts:
             )
         chosen = choose(len(dataset), limit, self.seed, self.shuffle)
         values = dataset.select(chosen)[self.field] if chosen else []
-        return [extract_query(v, self.field, f"{where} row {i}") for i, v in zip(chosen, values)]
+        rows = [f"{where} row {i}" for i in chosen]
+        return [extract_query(v, self.field, row) for row, v in zip(rows, values)], rows
 
     def dataset(self, split: str, option: str):
         try:
@@ -331,3 +354,101 @@ class HFPrompts:
             raise ConfigError(
                 f"data.prompts.name={self.name}: could not be loaded ({type(e).__name__}: {one_line(e)})"
             ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# length: data.max_prompt_length and data.long_prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def check_prompt_limit(max_tokens: Any, action: Any) -> None:
+    """The options themselves, checked with the rest of the config."""
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise ConfigError(
+            f"data.max_prompt_length={max_tokens} is not valid: it must be an integer >= 1 (tokens), or null (no limit)"
+        )
+    if action not in LONG_PROMPTS:
+        raise ConfigError(f"data.long_prompts={action} is not valid (valid: {', '.join(LONG_PROMPTS)})")
+
+
+def prompt_length(tokenizer, query: str) -> int:
+    """Tokens of the plain prompt x: the query rendered with the chat template, ready for the answer."""
+    from sso_lightning.data.steering import render_prompt
+
+    return len(render_prompt(tokenizer, query))
+
+
+def cut_query(tokenizer, query: str, max_tokens: int) -> str:
+    """The longest start of ``query`` (whole tokens) whose prompt x fits ``max_tokens``."""
+    ids = tokenizer(query, add_special_tokens=False)["input_ids"]
+    low, high = 0, len(ids)  # the longest fitting start has between low and high tokens
+    while low < high:
+        middle = (low + high + 1) // 2
+        if prompt_length(tokenizer, tokenizer.decode(ids[:middle])) <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    cut = tokenizer.decode(ids[:low]) if low else ""
+    if not cut.strip() or prompt_length(tokenizer, cut) > max_tokens:
+        raise ConfigError(
+            f"data.max_prompt_length={max_tokens} leaves no room for a query: the chat template alone takes "
+            f"{prompt_length(tokenizer, '')} tokens of it; raise data.max_prompt_length"
+        )
+    return cut
+
+
+def fit_prompts(prompts: PromptSet, tokenizer, max_tokens: int | None, action: str) -> PromptSet:
+    """Every query whose prompt x (the query rendered with the chat template; x+ and x- add their
+    principle) is longer than ``max_tokens``: a ConfigError naming the first and the count
+    (``refuse``), its first tokens that fit (``cut``), or left out (``skip``). The count cut or skipped
+    is said once on stderr and kept in ``metrics`` as ``data/prompts_cut`` or ``data/prompts_skipped``
+    (training and held-out prompts together)."""
+    check_prompt_limit(max_tokens, action)
+    if max_tokens is None:
+        return prompts
+    splits = {"train": (prompts.train, prompts.train_where), "eval": (prompts.eval, prompts.eval_where)}
+    long = {split: {} for split in splits}  # split -> {index: tokens} of the queries that are too long
+    for split, (queries, _) in splits.items():
+        for i, query in enumerate(queries):
+            tokens = prompt_length(tokenizer, query)
+            if tokens > max_tokens:
+                long[split][i] = tokens
+    count, total = sum(map(len, long.values())), len(prompts.train) + len(prompts.eval)
+    done = {"refuse": None, "cut": "cut", "skip": "skipped"}[action]
+    metrics = {**prompts.metrics, f"data/prompts_{done}": float(count)} if done else prompts.metrics
+    if not count:
+        return replace(prompts, metrics=metrics)
+    split = "train" if long["train"] else "eval"
+    index, tokens = next(iter(long[split].items()))
+    first = f"{prompts.where(split, index)}: a prompt of {tokens} tokens"
+    if action == "refuse":
+        raise ConfigError(
+            f"{first}, longer than data.max_prompt_length={max_tokens} ({count} of {total} prompts are); "
+            "set data.long_prompts=cut or skip, or raise data.max_prompt_length"
+        )
+    if action == "skip" and len(long["train"]) == len(prompts.train):
+        raise ConfigError(
+            f"all {len(prompts.train)} training prompts are longer than data.max_prompt_length={max_tokens} "
+            f"(first: {first}); raise data.max_prompt_length or set data.long_prompts=cut"
+        )
+    fitted: dict[str, tuple[list[str], list[str] | None]] = {}
+    for split, (queries, where) in splits.items():
+        if action == "cut":
+            fitted[split] = (
+                [cut_query(tokenizer, q, max_tokens) if i in long[split] else q for i, q in enumerate(queries)],
+                where,
+            )
+        else:
+            kept = [i for i in range(len(queries)) if i not in long[split]]
+            fitted[split] = ([queries[i] for i in kept], None if where is None else [where[i] for i in kept])
+    unmeasured = (
+        "; no held-out prompt is left, eval/quality is not measured" if prompts.eval and not fitted["eval"][0] else ""
+    )
+    print(
+        f"note: {count} of {total} prompts ({len(long['train'])} training, {len(long['eval'])} held-out) are longer "
+        f"than data.max_prompt_length={max_tokens} tokens and were {done} (data.long_prompts={action}; "
+        f"first: {first}){unmeasured}",
+        file=sys.stderr,
+    )
+    (train, train_where), (held_out, eval_where) = fitted["train"], fitted["eval"]
+    return replace(prompts, train=train, eval=held_out, train_where=train_where, eval_where=eval_where, metrics=metrics)
