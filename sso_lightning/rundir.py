@@ -71,7 +71,10 @@ class RefuseExistingRuns(Callback):
     """Stops a run (a sweep) whose directory holds an earlier one before Hydra writes into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        stop_if(refuse_existing_run, directory(config, "hydra.run.dir"))
+        # Lightning's DDP processes (started with hydra.output_subdir=null) join rank 0's directory,
+        # where Hydra then writes only their logs
+        if config.hydra.output_subdir is not None:
+            stop_if(refuse_existing_run, directory(config, "hydra.run.dir"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         stop_if(refuse_existing_sweep, directory(config, "hydra.sweep.dir"))
