@@ -48,6 +48,8 @@ def epoch_table(metrics_csv: Path) -> pd.DataFrame:
     in an epoch holds ``"nan"`` there, not the mean of its other values; one not logged in
     an epoch is NaN (``-`` in the printed table, empty in epochs.csv)."""
     values, logged = read_metrics(metrics_csv)
+    in_epoch = values["epoch"].notna()  # the learning-rate monitor's rows carry no epoch
+    values, logged = values[in_epoch], logged[in_epoch]
     metrics = values.drop(columns=["epoch", "step"], errors="ignore")
     epochs = values["epoch"].astype(int)
     nan_logged = (logged[metrics.columns] & metrics.isna()).groupby(epochs).any()
