@@ -12,9 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from sso_lightning.errors import ConfigError, RunStopped
+from sso_lightning.errors import ConfigError, RunInterrupted, RunStopped
 from sso_lightning.loggers import multirun_dir
 from sso_lightning.overrides import check_key_overrides
+from sso_lightning.resume import resume_argv
 
 FAILED_MARKER = "FAILED"  # a job directory holding this file ended in an error (its one line inside)
 failed_jobs: list[str] = []  # this process's failed multirun jobs, reported when the sweep ends
@@ -74,6 +75,11 @@ def hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         run(cfg, run_dir)
+    except RunInterrupted as e:  # a signal ends the whole sweep too: its jobs resume one by one
+        if multirun_dir() is not None:
+            (run_dir / FAILED_MARKER).write_text(f"{e}\n")
+        print(f"\nerror: {e}", file=sys.stderr)
+        sys.exit(e.code)
     except Exception as e:
         if multirun_dir() is None:
             if isinstance(e, ConfigError):
@@ -94,8 +100,12 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     try:
-        check_group_overrides(sys.argv[1:])
-        check_key_overrides(sys.argv[1:], CONFIG_DIR)
+        resumed = resume_argv(sys.argv[1:])
+        if resumed is not None:  # the run's saved config, not a new composition
+            sys.argv[1:] = resumed
+        else:
+            check_group_overrides(sys.argv[1:])
+            check_key_overrides(sys.argv[1:], CONFIG_DIR)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

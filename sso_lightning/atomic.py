@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomic(path: Path, data: str | bytes, exclusive: bool = False) -> None:
@@ -13,11 +14,17 @@ def write_atomic(path: Path, data: str | bytes, exclusive: bool = False) -> None
     (FileExistsError) when ``path`` exists, so nothing already there is overwritten."""
     if exclusive and path.exists():
         raise FileExistsError(path)
+    stream_atomic(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
+
+
+def stream_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write`` fills a temp file beside ``path`` (streamed: nothing held in memory), which is
+    fsynced and renamed onto ``path``; a crash leaves the old file or none, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with tmp.open("wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

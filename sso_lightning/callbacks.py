@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
-from sso_lightning.data.snapshot import SteeredExample
+from sso_lightning.data.snapshot import SteeredExample, read_snapshot
 from sso_lightning.data.steering import render_prompt
 from sso_lightning.distributed import Ranks, gather, shard
 from sso_lightning.engines import Engine
@@ -39,7 +39,11 @@ def ranks(trainer: L.Trainer) -> Ranks:
 class Iterations(L.Callback):
     """Before every phase (epoch) the scheme prepares its data with the pipeline; the result
     goes to the DataModule and its metrics to the loggers. ``offline`` and ``regenerate`` are
-    the data options the scheme honours (``data.offline``, ``data.regenerate``)."""
+    the data options the scheme honours (``data.offline``, ``data.regenerate``).
+
+    Its state (in every checkpoint) names the snapshot the current phase trains on, with the
+    scheme's and the principles' own state: a resumed run reads that snapshot back instead of
+    generating it again."""
 
     def __init__(
         self,
@@ -49,12 +53,16 @@ class Iterations(L.Callback):
         regenerate: bool = True,
     ):
         self.scheme, self.pipeline, self.offline, self.regenerate = scheme, pipeline, offline, regenerate
+        self.current: dict = {}  # the running phase: epoch, phase, the keys it trains and its snapshot
+        self.resumed: dict | None = None
 
     def on_fit_start(self, trainer, pl_module):
         self.pipeline.ranks = ranks(trainer)
         self.pipeline.progress = lambda total, description: progress(trainer, total, description)
-        self.pipeline.start(pl_module.policy)
-        self.start_phase(trainer, pl_module, epoch=0)
+        if self.resumed is None:
+            self.start_phase(trainer, pl_module, epoch=0)
+        else:
+            self.continue_phase(trainer, pl_module, self.resumed)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch + 1 < trainer.max_epochs:
@@ -76,9 +84,33 @@ class Iterations(L.Callback):
         )
         data = self.scheme.start(step)
         pl_module.phase = phase
+        trainer.datamodule.epoch = epoch
+        self.current.update(epoch=epoch, phase=phase)
         if data is not None:
             trainer.datamodule.set_examples(data.examples, keys)
+            self.current.update(keys=list(keys), snapshot=data.snapshot)
             log_epoch_metrics(trainer, data.metrics, iteration)
+
+    def continue_phase(self, trainer, pl_module, state: dict) -> None:
+        """The phase a checkpoint was taken in (or about to start), on the data it had."""
+        self.scheme.load_state_dict(state["scheme"])
+        if "principles" in state:
+            self.pipeline.principles.load_state_dict(state["principles"])
+        self.current = dict(state["current"])
+        keys = self.current["keys"]
+        examples = read_snapshot(self.pipeline.snapshot_dir / self.current["snapshot"], pl_module.tokenizer, keys)
+        pl_module.phase = self.current["phase"]
+        trainer.datamodule.epoch = self.current["epoch"]
+        trainer.datamodule.set_examples(examples, keys)
+
+    def state_dict(self) -> dict:
+        state = {"current": dict(self.current), "scheme": self.scheme.state_dict()}
+        if hasattr(self.pipeline.principles, "state_dict"):  # principles written by a model are kept
+            state["principles"] = self.pipeline.principles.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resumed = state
 
 
 class PolicyQuality(L.Callback):
@@ -87,9 +119,11 @@ class PolicyQuality(L.Callback):
 
     def __init__(self, queries: Sequence[str], judge: Judge, sampling: Sampling, engine: Engine):
         self.queries, self.judge, self.sampling, self.engine = list(queries), judge, sampling, engine
+        self.evaluated: list[int] = []  # in checkpoints: a resumed run does not evaluate again
 
     def on_train_start(self, trainer, pl_module):
-        self.evaluate(trainer, pl_module, epoch=0)
+        if not self.evaluated:
+            self.evaluate(trainer, pl_module, epoch=0)
 
     def on_train_epoch_end(self, trainer, pl_module):
         done = trainer.current_epoch + 1
@@ -97,6 +131,7 @@ class PolicyQuality(L.Callback):
             self.evaluate(trainer, pl_module, epoch=done // pl_module.phases_per_iteration)
 
     def evaluate(self, trainer, pl_module, epoch: int) -> None:
+        self.evaluated.append(epoch)
         if not self.queries:
             return
         tokenizer = pl_module.tokenizer
@@ -108,10 +143,19 @@ class PolicyQuality(L.Callback):
         scores = gather(self.judge.score(queries, responses), ranks(trainer))
         log_epoch_metrics(trainer, {"eval/quality": sum(scores) / len(scores)}, epoch)
 
+    def state_dict(self) -> dict:
+        return {"evaluated": list(self.evaluated)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evaluated = list(state["evaluated"])
+
 
 class TrainThroughput(L.Callback):
     """``perf/train_tokens_per_s`` (non-padding tokens through forward+backward+step per
     second of training steps) and ``perf/peak_mem_mb`` (GPU peak, or process RSS peak on CPU)."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed inside an epoch counts from there
 
     def on_train_epoch_start(self, trainer, pl_module):
         # the phase as the epoch ran: regeneration may switch it in its own epoch-end hook

@@ -14,6 +14,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from sso_lightning.checkpoints import Checkpoints
 from sso_lightning.errors import RunStopped
 
 LOGGED_PREFIXES = ("train/", "generator/")
@@ -32,6 +33,10 @@ def nonfinite(metrics: dict, module) -> tuple[dict[str, float], list[str], int]:
 
 
 class FiniteSteps(L.Callback):
+    def __init__(self, checkpoints: Checkpoints | None = None):
+        """``checkpoints``: where the last good checkpoint is (named in the closing line)."""
+        self.checkpoints = checkpoints
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         terms, gradients, total = nonfinite(trainer.callback_metrics, pl_module)
         if not terms and not gradients:
@@ -39,9 +44,12 @@ class FiniteSteps(L.Callback):
         found = [f"non-finite loss terms {', '.join(f'{n}={v}' for n, v in terms.items())}"] if terms else []
         if gradients:
             found.append(f"non-finite gradients in {len(gradients)} of {total} tensors (first: {gradients[0]})")
+        latest = self.checkpoints.latest() if self.checkpoints else None
+        last_good = f"; the last good checkpoint is {latest}" if latest else "; there is no checkpoint yet"
         raise RunStopped(
             f"optimizer step {trainer.global_step + 1} (iteration {pl_module.iteration}): {'; '.join(found)}; "
-            "the run stopped before this update and exported nothing (lower optimizer.lr, or check the data)"
+            f"the run stopped before this update and exported nothing{last_good} "
+            "(lower optimizer.lr, or check the data)"
         )
 
 

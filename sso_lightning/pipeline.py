@@ -38,6 +38,7 @@ from sso_lightning.sequences import PLAIN_KEYS, RESPONSE_KEYS, RESPONSE_PROMPTS
 class IterationData:
     examples: list[SteeredExample]  # every rank's examples, in prompt order
     metrics: dict[str, float]  # named "<prefix>/..."
+    snapshot: str  # the file under the snapshot directory that holds them
 
 
 class _NoBar:
@@ -205,4 +206,6 @@ class IterationPipeline:
             for key, name in (("y+", "chosen"), ("y-", "rejected"), ("yo", "raw")):
                 if all(key in ex.scores for ex in examples):
                     metrics[f"data/quality_{name}"] = sum(ex.scores[key] for ex in examples) / len(examples)
-        return IterationData(examples, {name.replace("data/", f"{prefix}/", 1): v for name, v in metrics.items()})
+        return IterationData(
+            examples, {name.replace("data/", f"{prefix}/", 1): v for name, v in metrics.items()}, snapshot
+        )

@@ -29,7 +29,9 @@ class IterationReference:
 
 class InitialReference:
     """The model the run started from: under LoRA the base with adapters disabled (no copy
-    held), else a CPU copy taken at the start and brought to the device only to score."""
+    held), else a CPU copy taken before training (a resumed run takes it from the model as
+    loaded, before the checkpoint's weights) and brought to the device, in the policy's dtype,
+    only to score."""
 
     def __init__(self):
         self.initial = None
@@ -42,9 +44,9 @@ class InitialReference:
         if has_adapters(policy):
             with policy.disable_adapter():
                 return score_with(policy)
-        device = next(policy.parameters()).device
+        weight = next(policy.parameters())
         try:
-            return score_with(self.initial.to(device))
+            return score_with(self.initial.to(device=weight.device, dtype=weight.dtype))
         finally:
             self.initial.cpu()
 

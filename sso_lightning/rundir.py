@@ -8,6 +8,7 @@ after the config is composed and before Hydra writes anything.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from sso_lightning.errors import ConfigError
 
 SWEEP_FILE = "multirun.yaml"  # what Hydra writes first into a sweep directory
+
+
+def requeued() -> bool:
+    """A SLURM job that was requeued (after a preemption or a SIGUSR1) runs its command again, in
+    the directory it had: it goes on there (docs/resume.md#slurm)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
 
 
 def earlier_run(run_dir: Path) -> Path | None:
@@ -71,9 +78,9 @@ class RefuseExistingRuns(Callback):
     """Stops a run (a sweep) whose directory holds an earlier one before Hydra writes into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Lightning's DDP processes (started with hydra.output_subdir=null) join rank 0's directory,
-        # where Hydra then writes only their logs
-        if config.hydra.output_subdir is not None:
+        # a requeued SLURM job goes on in its own directory; Lightning's DDP processes (started
+        # with hydra.output_subdir=null) join rank 0's, where Hydra then writes only their logs
+        if not requeued() and config.hydra.output_subdir is not None:
             stop_if(refuse_existing_run, directory(config, "hydra.run.dir"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -112,3 +112,10 @@ class LearningRateSchedule(L.Callback):
         if self.across_iterations == "continue":
             taken = self.segment.offset + trainer.global_step - self.segment.start
             self.done[self.phase] = (taken, self.segment.total)
+
+    def state_dict(self) -> dict:
+        """A run resumed inside an epoch goes on with its segment (Lightning does not start the epoch again)."""
+        return {"segment": self.segment, "done": dict(self.done), "phase": self.phase}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.segment, self.done, self.phase = state["segment"], state["done"], state["phase"]

@@ -19,7 +19,7 @@ from sso_lightning.data.prompts import check_prompt_limit
 from sso_lightning.errors import ConfigError
 
 PLAIN_TYPES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
-TOP_LEVEL = ("seed", "variant", "optimizer")  # config.yaml's own keys; the rest are its groups
+TOP_LEVEL = ("seed", "variant", "resume", "checkpoint", "optimizer")  # config.yaml's own keys; the rest are its groups
 
 
 def check_config(cfg: DictConfig) -> None:

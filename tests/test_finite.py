@@ -57,8 +57,11 @@ def test_a_learning_rate_that_blows_up_stops_at_the_step_and_exports_nothing(cli
     """lr 1e3: the first update makes the weights huge, so the second step's gradients are not finite."""
     run_dir = tmp_path / "run"
     base = [o for o in TINY if not o.startswith("trainer.max_epochs")]
-    result = cli(*base, "optimizer.lr=1e3", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    every_step = "checkpoint.every_n_steps=1"
+    result = cli(*base, "optimizer.lr=1e3", "trainer.max_epochs=1", every_step, f"hydra.run.dir={run_dir}")
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "optimizer step 2 (iteration 0): non-finite" in errors[0], result.stderr[-2000:]
+    last_good = run_dir / "checkpoints" / "step-00000001.ckpt"  # saved before step 2, whose update never happened
+    assert f"the last good checkpoint is {last_good}" in errors[0] and last_good.exists()
     assert not (run_dir / "policy").exists() and not (run_dir / "epochs.csv").exists()

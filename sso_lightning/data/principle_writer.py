@@ -131,6 +131,13 @@ class GeneratedPrinciples:
             self._model, self._tokenizer = PretrainedPolicy(self.model).load(path_option="principles.model")
         return self._model, self._tokenizer
 
+    def state_dict(self) -> dict:
+        """The principles written so far (a resumed run reuses them, as every iteration does)."""
+        return {"cache": dict(self.cache), "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cache, self.stats = dict(state["cache"]), Counter(state["stats"])
+
     def metrics(self) -> dict[str, float]:
         """Fallback fractions so far (what share of replies did not parse)."""
         out = {}

@@ -7,7 +7,9 @@ A scheme is one object with:
 * ``check(objective, offline, regenerate)``: refuse options the scheme cannot honour, before
   any work is done;
 * ``start(step)``: what happens before a phase: the data it trains on (an ``IterationData``,
-  or None to keep the current data) and anything it does to the weights between phases.
+  or None to keep the current data) and anything it does to the weights between phases;
+* ``state_dict()`` / ``load_state_dict(state)``: what it carries from one phase to the next,
+  saved in every checkpoint so that a resumed run goes on where it stopped.
 
 A new scheme is a file here and a config in ``conf/scheme/``.
 """
@@ -42,3 +44,7 @@ class Scheme(Protocol):
     def check(self, objective, offline: bool, regenerate: bool) -> None: ...
 
     def start(self, step: PhaseStart) -> IterationData | None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...

@@ -24,3 +24,9 @@ class Combined:
             examples = step.pipeline.own_share(step.offline)
             return step.pipeline.prepare(step.policy, examples, step.keys, snapshot, {})
         return step.pipeline.run(step.policy, step.keys, snapshot, step.iteration)
+
+    def state_dict(self) -> dict:
+        return {}  # nothing carries over: each iteration starts from the policy and its data
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

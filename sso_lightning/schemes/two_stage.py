@@ -63,6 +63,13 @@ class TwoStage:
         self.policy_state = None
         return pipeline.prepare(step.policy, kept, step.keys, f"epoch_{k}.jsonl", metrics)
 
+    def state_dict(self) -> dict:
+        """During the generator phase: its steered prompts and the policy set aside."""
+        return {"prompts": list(self.prompts), "policy_state": self.policy_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prompts, self.policy_state = list(state["prompts"]), state["policy_state"]
+
 
 def set_aside(model, optimizer) -> dict:
     """CPU copies of the trainable weights and of the optimizer state; the optimizer then
