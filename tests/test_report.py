@@ -343,6 +343,7 @@ METRICS_WITH_A_NAN = """epoch,step,train/loss,data/kept_fraction,eval/quality
 1,3,0.5,,
 1,3,,0.8,
 1,4,0.7,,
+,4,9.0,,
 1,,,,0.65
 2,,,,nan
 """
@@ -350,7 +351,8 @@ METRICS_WITH_A_NAN = """epoch,step,train/loss,data/kept_fraction,eval/quality
 
 def test_the_epoch_table_shows_a_logged_nan_instead_of_averaging_over_it(tmp_path):
     """An empty cell is a metric not logged on that row; `nan` is a logged value: its epoch's
-    mean is nan, in the table, the printed table and epochs.csv, not the mean of the rest."""
+    mean is nan, in the table, the printed table and epochs.csv, not the mean of the rest. A row
+    without an epoch (as the learning-rate monitor logs) counts in none."""
     from sso_lightning.summary import format_table, nan_cells, read_epoch_table
 
     (tmp_path / "metrics.csv").write_text(METRICS_WITH_A_NAN)
