@@ -29,6 +29,8 @@ def resume_argv(args: list[str]) -> list[str] | None:
         raise ConfigError("resume=<run dir> continues one run; for a sweep, resume each job's directory on its own")
     run_dir = Path(values[-1]).expanduser().resolve()
     saved = run_dir / ".hydra" / "config.yaml"
+    if run_dir.is_file():  # a checkpoint: its run holds the rest of what resuming needs
+        raise ConfigError(f"resume={values[-1]} is a file; name the run's directory (resume={run_dir.parent.parent})")
     if not saved.is_file():
         raise ConfigError(f"resume={values[-1]}: {saved} does not exist; name the directory of a run of this program")
     config = OmegaConf.load(saved)

@@ -210,6 +210,10 @@ def test_resume_refuses_what_it_cannot_honour(cli, tmp_path, reference):
     cases = [
         ([f"resume={tmp_path / 'nowhere'}"], "/.hydra/config.yaml does not exist; name the directory of a run"),
         ([f"resume={reference}"], "has finished (its policy/ is exported); there is nothing to resume"),
+        (
+            [f"resume={reference / 'checkpoints' / 'step-00000006.ckpt'}"],
+            f"step-00000006.ckpt is a file; name the run's directory (resume={reference})",
+        ),
         ([f"resume={reference}", "loss.gamma=0.5"], "where loss.gamma=0.1; loss.gamma=0.5 would change it"),
         (["-m", f"resume={reference}"], "resume=<run dir> continues one run"),
     ]
