@@ -79,7 +79,8 @@ def test_other_paper_models_compose_with_the_paper_settings(cli, model, name):
         (["data.max_prompt_length=0"], ["data.max_prompt_length=0 is not valid", "integer >= 1", "null (no limit)"]),
         (["data.long_prompts=trim"], ["data.long_prompts=trim is not valid (valid: refuse, cut, skip)"]),
         (["judge=reward_model"], ["judge.name_or_path must be set", "judge.name_or_path=<value>"]),
-        (["+resume=/some/run"], ["resume is not an option of this program", "loss"]),
+        (["+ckpt_path=/some/run/last.ckpt"], ["ckpt_path is not an option of this program", "resume"]),
+        (["+resume=/some/run"], ["resume=/some/run: /some/run/.hydra/config.yaml does not exist"]),
         (["loss.gama=0.1"], ["loss.gama is not an option of loss (did you mean loss.gamma?)"]),
         (["loss.base.bta=0.1"], ["loss.base.bta is not an option of loss.base (did you mean loss.base.beta?)"]),
         (["loss.bse.beta=0.1"], ["loss.bse is not an option of loss (did you mean loss.base?)"]),
@@ -373,4 +374,4 @@ def test_a_run_directory_it_cannot_write_in_stops_before_any_work(monkeypatch, t
     (tmp_path / "data").mkdir()
     monkeypatch.setattr(train.os, "access", lambda path, mode: Path(path) != tmp_path / "data")
     with pytest.raises(ConfigError, match=r"/data is not writable; choose another hydra.run.dir"):
-        train.check_fresh(tmp_path)
+        train.check_writable(tmp_path)

@@ -269,3 +269,26 @@ def test_the_slurm_launcher_asks_for_the_warning_signal_the_run_handles():
     signal_line = [line for line in sbatch.splitlines() if line.startswith("#SBATCH --signal=")]
     assert signal_line == ["#SBATCH --signal=USR1@300"]
     assert signal.SIGUSR1 in STOP_SIGNALS
+
+
+def test_a_signal_saves_a_checkpoint_between_steps_but_not_inside_an_accumulation():
+    """(End to end a signal mostly lands while an epoch's end is saving anyway: this pins the rule.)"""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from sso_lightning.checkpoints import PhaseCheckpoints
+
+    saved = []
+    callback = PhaseCheckpoints(SimpleNamespace(save=saved.append))
+
+    def trainer(completed: int, accumulate: int):
+        progress = SimpleNamespace(current=SimpleNamespace(completed=completed))
+        loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+        return SimpleNamespace(fit_loop=loop, accumulate_grad_batches=accumulate)
+
+    between_steps, inside_accumulation = trainer(4, 2), trainer(3, 2)
+    callback.on_exception(between_steps, None, SIGTERMException())
+    callback.on_exception(inside_accumulation, None, SIGTERMException())
+    callback.on_exception(between_steps, None, RuntimeError("a crash: its state is not to be trusted"))
+    assert saved == [between_steps]
