@@ -18,11 +18,14 @@ from omegaconf import OmegaConf
 from sso_lightning.errors import ConfigError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# what a user types; ``++resume=`` is this module's own rewrite, which Lightning's DDP launcher
+# gives the other processes as it is
+ASKED = ("resume=", "+resume=")
 
 
 def resume_argv(args: list[str]) -> list[str] | None:
     """The arguments that continue the run named by ``resume=<dir>`` in ``args``; None without one."""
-    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("resume=")]
+    values = [a.split("=", 1)[1] for a in args if a.startswith(ASKED)]
     if not values:
         return None
     if any(a in MULTIRUN_FLAGS for a in args):
@@ -34,7 +37,7 @@ def resume_argv(args: list[str]) -> list[str] | None:
     if not saved.is_file():
         raise ConfigError(f"resume={values[-1]}: {saved} does not exist; name the directory of a run of this program")
     config = OmegaConf.load(saved)
-    others = [a for a in args if not a.lstrip("+").startswith("resume=")]
+    others = [a for a in args if not a.startswith(ASKED)]
     check_same(others, config, saved)
     return [
         f"--config-path={saved.parent}",

@@ -53,13 +53,34 @@ def test_a_loader_resumed_mid_epoch_gives_the_rest_of_the_same_order():
 
 def test_a_loader_state_from_another_epoch_or_a_finished_one_starts_afresh():
     torch.manual_seed(0)
-    state = {"epoch": 1, "rng": torch.get_rng_state(), "trained": 3}
+    state = {"epoch": 1, "rng": torch.get_rng_state(), "sampler_epoch": None, "trained": 3}
     other = loader(epoch=2)
     other.load_state_dict(state)
     assert other.resume_at is None
     finished = loader(epoch=1)
     finished.load_state_dict({**state, "trained": 10})
     assert finished.resume_at is None
+
+
+def test_a_ddp_loader_resumed_mid_epoch_gives_the_rest_of_that_epochs_order():
+    """Under DDP the order comes from the seed and the epoch; Lightning sets the epoch only after
+    the resumed loader has skipped, so the state carries it."""
+    from torch.utils.data import DistributedSampler
+
+    data = list(range(40))
+
+    def ddp_loader(trained=lambda: 0) -> ResumableLoader:
+        sampler = DistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=0)
+        return ResumableLoader(data, batch_size=4, sampler=sampler, epoch=3, trained=trained)
+
+    first = ddp_loader(trained=lambda: 2)
+    first.sampler.set_epoch(3)
+    batches = iter(first)
+    [next(batches) for _ in range(2)]
+    state, rest = first.state_dict(), [b.tolist() for b in batches]
+    resumed = ddp_loader()  # a new process: its sampler is at epoch 0 until Lightning sets it
+    resumed.load_state_dict(state)
+    assert [b.tolist() for b in resumed] == rest and len(rest) == 3
 
 
 def test_the_recorded_shuffle_draws_what_dataloaders_own_shuffle_draws():

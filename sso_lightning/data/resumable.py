@@ -5,6 +5,7 @@ it makes when the run resumes. A shuffled order is drawn from torch's generator 
 batch is fetched (after the epoch's evaluation, at the start of a run), so ``RecordedShuffle``
 keeps that generator's state then: the resumed loader draws the same order from it, skips the
 batches the checkpoint had trained, and puts the generator back as the checkpoint restored it.
+Under DDP the order comes from the seed and the epoch, which the state keeps too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class ResumableLoader(DataLoader):
             return super().__iter__()
         state, self.resume_at = self.resume_at, None
         restored = torch.get_rng_state()
+        if state["sampler_epoch"] is not None:  # Lightning sets it only after the loader resumed
+            self.sampler.set_epoch(state["sampler_epoch"])
         iterator = super().__iter__()
         if state["rng"] is not None:
             torch.set_rng_state(state["rng"])
@@ -46,7 +49,12 @@ class ResumableLoader(DataLoader):
         return iterator
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "rng": getattr(self.sampler, "drawn_from", None), "trained": self.trained()}
+        return {
+            "epoch": self.epoch,
+            "rng": getattr(self.sampler, "drawn_from", None),  # a shuffle's order: drawn from torch's generator
+            "sampler_epoch": getattr(self.sampler, "epoch", None),  # DDP's: drawn from the seed and the epoch
+            "trained": self.trained(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Only a checkpoint taken inside this loader's epoch resumes it; one from the end of the
