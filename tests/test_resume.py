@@ -153,8 +153,14 @@ def start(run_dir: Path, env: dict[str, str], args: list[str] | None = None) -> 
     )
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+def stop_while_training(run_dir: Path, process: subprocess.Popen, stop: signal.Signals) -> str:
+    """Send ``stop`` once training is under way; the run exits with 128 + its number and one error line."""
+    once_training(run_dir, process)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + stop, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    return line
 
 
 def once_training(run_dir: Path, process: subprocess.Popen) -> None:
@@ -175,11 +181,7 @@ def test_one_job_of_a_sweep_resumes_on_its_own_with_its_wandb_run(cache_dir, tmp
     with_wandb = [o for o in RUN if o != "logger=csv"]  # the default logger: CSV and W&B
     job = sweep_dir / "0"
     process = start(job, cli_env(cache_dir), ["-m", f"hydra.sweep.dir={sweep_dir}", *with_wandb, "seed=0"])
-    once_training(job, process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    (line,) = error_lines(stderr)
+    line = stop_while_training(job, process, signal.SIGTERM)
     assert line.startswith("error: stopped by SIGTERM after optimizer step ")
     step = int(line.split("after optimizer step ")[1].split(":")[0])
     assert f": checkpoint checkpoints/step-{step:08d}.ckpt; continue with: python -m sso_lightning resume={job}" in line
@@ -211,11 +213,7 @@ def test_slurms_warning_signal_requeues_the_job_which_resumes_by_itself(cache_di
     slurm = {"SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     run_dir = tmp_path / "run"
     process = start(run_dir, cli_env(cache_dir, **slurm))
-    once_training(run_dir, process)
-    process.send_signal(signal.SIGUSR1)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
-    (line,) = error_lines(stderr)
+    line = stop_while_training(run_dir, process, signal.SIGUSR1)
     assert line.endswith("; SLURM job 4242 is requeued and resumes from it")
     assert calls.read_text() == "requeue 4242\n"
 
