@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def temp_beside(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place (hidden, one per process)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def write_atomic(path: Path, data: str | bytes, exclusive: bool = False) -> None:
     """Write to a temp file beside ``path``, fsync, then rename onto it. ``exclusive``: refuse
     (FileExistsError) when ``path`` exists, so nothing already there is overwritten."""
@@ -21,7 +26,7 @@ def stream_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write`` fills a temp file beside ``path`` (streamed: nothing held in memory), which is
     fsynced and renamed onto ``path``; a crash leaves the old file or none, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_beside(path)
     try:
         with tmp.open("wb") as f:
             write(f)
@@ -35,7 +40,7 @@ def stream_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
 def publish_dir(path: Path, save: Callable[[Path], None]) -> None:
     """``save`` fills a temp directory, which is then renamed to ``path``. FileExistsError when
     ``path`` exists already (e.g. another process published it first); the temp copy is removed."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_beside(path)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save(tmp)

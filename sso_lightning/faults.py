@@ -179,7 +179,7 @@ def install(reached) -> None:
         write(buffer)
         data, path = buffer.getvalue(), Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.with_name(f".{path.name}.tmp{os.getpid()}").open("wb") as f:
+        with atomic.temp_beside(path).open("wb") as f:
             f.write(data[: len(data) // 2])
             f.flush()
             os.fsync(f.fileno())

@@ -27,11 +27,16 @@ def requeued() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
 
 
+def run_outputs(run_dir: Path) -> list[Path]:
+    """What a run writes into its directory that a new run would overwrite: the exported
+    policy, the metrics and the snapshots."""
+    return [run_dir / "policy", run_dir / "metrics.csv", *sorted((run_dir / "data").glob("epoch_*.jsonl"))]
+
+
 def earlier_run(run_dir: Path) -> Path | None:
-    """The first file of an earlier run in ``run_dir`` (its composed config, exported policy,
-    metrics or a snapshot), or None for a new or empty directory."""
-    found = [run_dir / ".hydra" / "config.yaml", run_dir / "policy", run_dir / "metrics.csv"]
-    found += sorted((run_dir / "data").glob("epoch_*.jsonl"))
+    """The first file of an earlier run in ``run_dir`` (its composed config, or one of its
+    outputs), or None for a new or empty directory."""
+    found = [run_dir / ".hydra" / "config.yaml", *run_outputs(run_dir)]
     return next((path for path in found if path.exists()), None)
 
 

@@ -40,7 +40,7 @@ from sso_lightning.pipeline import IterationPipeline
 from sso_lightning.precision import UnchangedWeights
 from sso_lightning.preemption import Preemption
 from sso_lightning.references import make_reference
-from sso_lightning.rundir import requeued
+from sso_lightning.rundir import requeued, run_outputs
 from sso_lightning.summary import epoch_table, format_table
 from sso_lightning.terminal import StderrProgressBar, quiet_lightning
 from sso_lightning.validate import check_config
@@ -61,7 +61,7 @@ def build(node: DictConfig, **kwargs):
 
 def check_fresh(run_dir: Path) -> None:
     """Never overwrite what an earlier run in the same directory generated or trained."""
-    for existing in [run_dir / "policy", run_dir / "metrics.csv", *sorted((run_dir / "data").glob("epoch_*.jsonl"))]:
+    for existing in run_outputs(run_dir):
         if existing.exists():
             raise ConfigError(f"{existing} already exists; choose a new hydra.run.dir (or resume={run_dir})")
 
